@@ -1,0 +1,58 @@
+"""Classification + localization of one shape per image (the embedded shapes dataset).
+
+  python -m jaxvision.train --config configs/classify_localize_shapes.py --workdir DIR
+  python -m jaxvision.train --config configs/classify_localize_shapes.py:quick --workdir DIR
+
+Variants (``:arg``): none (the default run, minutes on a 2-core CPU), ``quick`` (tests: a
+tiny model and dataset, a few steps).
+"""
+
+import ml_collections
+
+from jaxvision.data import shapes_data_config
+from jaxvision.optim import default_optimizer_config
+
+
+def get_config(arg=None):
+  config = ml_collections.ConfigDict()
+  config.task = "classify_localize"
+  config.seed = 0
+  config.total_steps = 1500
+  config.batch_size = 64
+  config.eval_every = 500
+  config.checkpoint_every = 250
+  config.log_every = 50
+  config.keep_checkpoints = 3
+  config.init_from = ""
+  config.eval_split = "validation"
+  config.num_pictures = 16
+
+  config.data = shapes_data_config(image_size=64, min_objects=1, max_objects=1, max_boxes=1)
+
+  config.model = ml_collections.ConfigDict(dict(
+      backbone="resnet_small", backbone_kwargs=ml_collections.ConfigDict(dict(stem="imagenet")),
+      neck_channels=32, hidden=256,
+      box_loss="l2",  # "l2" | "smooth_l1" | "giou", on boxes normalized by the image size.
+      class_loss_weight=1.0, box_loss_weight=10.0,
+      regularizer="none",  # "none" | "frobenius" | "l21" | "trace" on W = [W_class | W_box].
+      regularizer_weight=1e-4))
+
+  config.optimizer = default_optimizer_config(name="adamw", learning_rate=2e-3, warmup_steps=100,
+                                              schedule="cosine", weight_decay=1e-4)
+
+  if arg == "quick":
+    config.total_steps = 6
+    config.batch_size = 16
+    config.eval_every = 6
+    config.checkpoint_every = 3
+    config.log_every = 2
+    config.num_pictures = 4
+    config.data.num_train = 128
+    config.data.num_validation = 48
+    config.data.num_test = 48
+    config.model.backbone = "resnet_tiny"
+    config.model.neck_channels = 8
+    config.model.hidden = 32
+  elif arg:
+    raise ValueError(f"Unknown variant {arg!r} of classify_localize_shapes; use 'quick' or none.")
+  return config

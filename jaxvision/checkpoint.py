@@ -1,0 +1,154 @@
+"""Orbax checkpoints: atomic saves, resume, transfer and notebook restore.
+
+A workdir's checkpoints live in ``<workdir>/checkpoints/<step>/`` with two items:
+``state`` (``{params, opt_state, batch_stats, step}``) and ``config`` (the run's
+ConfigDict as JSON). Orbax writes each step into a temporary directory and renames it
+when complete, so a run killed mid-save leaves the previous checkpoint intact.
+
+Restores always go through an abstract target with shardings, so a checkpoint written on
+N devices restores on M.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Sharding
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _manager(directory: str, max_to_keep: int | None = None,
+             read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                         read_only=read_only,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=("state", "config"))
+
+
+def checkpoint_directory(path: str) -> str:
+  """``path`` may be a workdir or its ``checkpoints`` directory; returns the latter."""
+  candidate = os.path.join(path, CHECKPOINT_DIR)
+  return candidate if os.path.isdir(candidate) else path
+
+
+class Checkpointer:
+  """Saves and restores one run's training state."""
+
+  def __init__(self, workdir: str, max_to_keep: int = 3):
+    self.directory = os.path.join(workdir, CHECKPOINT_DIR)
+    self._manager = _manager(self.directory, max_to_keep=max_to_keep)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: dict[str, Any], config: ml_collections.ConfigDict) -> None:
+    """Writes ``state`` at ``step`` (all processes must call it)."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        config=ocp.args.JsonSave(json.loads(config.to_json_best_effort()))))
+    self._manager.wait_until_finished()
+
+  def restore(self, abstract_state: dict[str, Any], step: int | None = None) -> dict[str, Any]:
+    """Restores onto ``abstract_state``'s shapes and shardings (latest step by default).
+
+    Raises a ValueError naming the first mismatching entry when the checkpoint was written
+    by a different model, instead of an orbax error deep in tensorstore.
+    """
+    step = self.latest_step() if step is None else step
+    check_compatible(saved_structure(self._manager, step), abstract_state, self.directory)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))
+    return restored["state"]
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def saved_structure(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The saved state's tree of ``ShapeDtypeStruct``s (no array data is read)."""
+  metadata = manager.item_metadata(step)["state"]
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), dict(metadata),
+                      is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+
+
+def check_compatible(saved: Any, target: Any, where: str, prefix: str = "") -> None:
+  """Raises a ValueError at the first path where ``saved`` and ``target`` trees differ."""
+  saved_leaves = {jax.tree_util.keystr(p): l for p, l in jax.tree_util.tree_leaves_with_path(saved)}
+  target_leaves = {jax.tree_util.keystr(p): l
+                   for p, l in jax.tree_util.tree_leaves_with_path(target)}
+  missing = sorted(set(target_leaves) - set(saved_leaves))
+  extra = sorted(set(saved_leaves) - set(target_leaves))
+  if missing or extra:
+    raise ValueError(
+        f"The checkpoint in {where} was written by a different model: "
+        f"{len(missing)} entries missing (e.g. {prefix}{missing[:3]}), {len(extra)} unexpected "
+        f"(e.g. {prefix}{extra[:3]}). Use a fresh --workdir, or point init_from at a run with "
+        "the same backbone config.")
+  for path, leaf in target_leaves.items():
+    if tuple(saved_leaves[path].shape) != tuple(leaf.shape):
+      raise ValueError(
+          f"The checkpoint in {where} was written by a different model: {prefix}{path} has "
+          f"shape {tuple(saved_leaves[path].shape)} there but {tuple(leaf.shape)} here. Use a "
+          "fresh --workdir, or point init_from at a run with the same backbone config.")
+
+
+def restore_replicated(directory: str, sharding: Sharding,
+                        step: int | None = None) -> tuple[dict[str, Any], dict[str, Any], int]:
+  """Restores a checkpoint's state (replicated on ``sharding``) and its config dict."""
+  manager = _manager(directory, read_only=True)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {directory}; train first or check the path.")
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                          saved_structure(manager, step))
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), config=ocp.args.JsonRestore()))
+  manager.close()
+  return restored["state"], restored["config"], step
+
+
+def load_backbone(init_from: str, sharding: Sharding) -> dict[str, Any]:
+  """The ``backbone`` parameters and batch statistics of another run, for transfer.
+
+  ``init_from`` is a workdir or a checkpoints directory (its latest step is used).
+  Returns ``{"params": ..., "batch_stats": ...}`` restricted to the ``backbone`` subtree.
+  """
+  directory = checkpoint_directory(init_from)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"init_from={init_from!r} is neither a workdir nor a checkpoint "
+                            "directory.")
+  state, _, _ = restore_replicated(directory, sharding)
+  if "backbone" not in state["params"]:
+    raise ValueError(f"init_from={init_from!r} holds a model without a 'backbone' submodule "
+                     f"(top-level params: {sorted(state['params'])}); nothing to transfer.")
+  return {"params": state["params"]["backbone"],
+          "batch_stats": state.get("batch_stats", {}).get("backbone", {})}
+
+
+def restore_for_inference(workdir: str, step: int | None = None):
+  """Notebook entry: ``config, model, variables = restore_for_inference(workdir)``.
+
+  Works on whatever devices this process has (one CPU included): the arrays are restored
+  replicated over the local devices. ``variables`` is the Flax variables dict
+  (``{"params": ..., "batch_stats": ...}``); use ``model.apply(variables, x, train=False)``
+  or the task's ``predict`` (``jaxvision.tasks.get_task(config).predict(variables, images)``).
+  """
+  from jaxvision.tasks import get_task  # Deferred: tasks import models and data.
+
+  mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), ("data",))
+  state, config_dict, _ = restore_replicated(
+      checkpoint_directory(workdir), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+      step)
+  config = ml_collections.ConfigDict(config_dict)
+  variables = {"params": state["params"]}
+  if state.get("batch_stats"):
+    variables["batch_stats"] = state["batch_stats"]
+  return config, get_task(config).model, variables

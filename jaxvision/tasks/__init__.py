@@ -1,0 +1,4 @@
+"""Experiment families, looked up by ``config.task``."""
+
+from jaxvision.tasks import classify_localize
+from jaxvision.tasks.base import Evaluator, Task, get_task, register

@@ -1,0 +1,31 @@
+"""Train and evaluate one config: ``python -m jaxvision.train --config configs/X.py --workdir DIR``.
+
+``--config configs/X.py:quick`` selects a variant; ``--config.<field>=value`` overrides a
+field (the config is locked: an unknown field is an error that names it). Running the same
+command again resumes from the latest checkpoint in ``--workdir``.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxvision import parallel, trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, pictures.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Join a multi-host runtime before anything asks for devices.
+  parallel.initialize()
+  logging.set_verbosity(logging.INFO)
+  metrics = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if parallel.is_main_process():
+    print("final " + " ".join(f"eval/{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
