@@ -65,9 +65,23 @@ class MetricWriter:
       self._tensorboard.close()
 
 
-def init_state(tx: optax.GradientTransformation, variables: dict[str, Any]) -> TrainState:
-  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {}),
-          "opt_state": tx.init(variables["params"]), "step": jnp.zeros((), jnp.int32)}
+def create_train_state(task: Task, config: ml_collections.ConfigDict, mesh,
+                       host_batch: dict[str, np.ndarray]) -> tuple[TrainState, optax.GradientTransformation]:
+  """Fresh, replicated parameters and optimizer state (identical on every host: same seed).
+
+  Only the shapes of ``host_batch`` matter; its first row is the example input of ``init``.
+  """
+  replicated = parallel.replicated(mesh)
+  example = jax.tree.map(lambda x: x[:1], host_batch)
+  variables = jax.jit(lambda rng: task.init_variables(rng, example), out_shardings=replicated)(
+      jax.random.key(config.seed))
+  tx = optim.make_optimizer(config.optimizer, config.total_steps, variables["params"])
+
+  def init_state(variables):
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {}),
+            "opt_state": tx.init(variables["params"]), "step": jnp.zeros((), jnp.int32)}
+
+  return jax.jit(init_state, out_shardings=replicated)(variables), tx
 
 
 def abstract_like(tree: Any) -> Any:
@@ -155,17 +169,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   task = get_task(config)
   writer = MetricWriter(workdir)
   checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.get("keep_checkpoints", 3))
-  replicated = parallel.replicated(mesh)
 
   start = checkpointer.latest_step() or 0
   batches: Iterator[dict[str, np.ndarray]] = task.train_batches(start)
   first_batch = next(batches)
   task.validate_batch(first_batch)
-  example = jax.tree.map(lambda x: x[:1], first_batch)
-  variables = jax.jit(lambda rng: task.init_variables(rng, example), out_shardings=replicated)(
-      jax.random.key(config.seed))
-  tx = optim.make_optimizer(config.optimizer, config.total_steps, variables["params"])
-  state = jax.jit(lambda v: init_state(tx, v), out_shardings=replicated)(variables)
+  state, tx = create_train_state(task, config, mesh, first_batch)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(abstract_like(state))
     logging.info("Resumed from step %d in %s.", start, checkpointer.directory)

@@ -106,7 +106,7 @@ class ClassifyLocalizeTask(base.Task):
 
   def validate_batch(self, batch: Mapping[str, np.ndarray]) -> None:
     base.validate_images(batch["image"], self.image_size, "batch['image']")
-    data_lib.validate_boxes(batch["boxes"], batch["box_valid"], "batch['boxes']")
+    data_lib.validate_boxes(batch)
     if not np.all(batch["box_valid"][:, 0]):
       raise ValueError("classify_localize needs exactly one valid box per image; "
                        "batch['box_valid'][:, 0] has False entries.")

@@ -1,0 +1,241 @@
+"""Task ``detection``: Faster R-CNN (or Fast R-CNN) trained end to end, evaluated with COCO AP.
+
+Loss = RPN objectness BCE + RPN smooth-L1 + RoI cross-entropy + RoI smooth-L1 (see
+``jaxvision.models.detection``). Evaluation on held-out data: the twelve COCO box numbers
+(``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl``) of the detections, and
+``rpn_AR100``: the recall of the first 100 proposals per image taken as class-agnostic
+detections (COCO AR@100 with every class mapped to one category).
+
+Fast R-CNN mode (``config.model.proposal_source = "data"``): the proposals come with the
+batch. They are made on the host by :func:`synthetic_proposals` (jittered ground-truth
+boxes plus random boxes, seeded by the step or the image id), standing in for an external
+proposal method such as Selective Search, so both stages can be compared on the same data.
+Crowd annotations (``is_crowd``) are left out of the training targets, as in torchvision.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxvision import data as data_lib
+from jaxvision import viz
+from jaxvision.evaluation import coco
+from jaxvision.models.detection import FasterRCNN, PROPOSAL_SOURCES
+from jaxvision.tasks import base
+
+# Proposals kept per image for ``rpn_AR100``.
+PROPOSALS_FOR_RECALL = 100
+_MODEL_CONFIG_FIELDS = frozenset(FasterRCNN.__dataclass_fields__) - {"num_classes", "parent",
+                                                                        "name"}
+
+
+def synthetic_proposals(boxes: np.ndarray, box_valid: np.ndarray, image_size: int,
+                        num_proposals: int, jittered_per_object: int, jitter: float,
+                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Fast R-CNN proposals for one image: jittered copies of its objects, then random boxes.
+
+  Args:
+    boxes: ``[G, 4]`` ground-truth boxes (pixels).
+    box_valid: ``bool[G]``.
+    image_size: side of the square image.
+    num_proposals: output length.
+    jittered_per_object: copies of each object whose centre moves by up to ``jitter``
+      times its size and whose sides scale by up to ``1 +- jitter``.
+    jitter: relative jitter amplitude.
+    rng: numpy generator (seed it by step or image id for reproducible proposals).
+
+  Returns:
+    ``proposals float32 [num_proposals, 4]`` clipped to the image and
+    ``valid bool[num_proposals]`` (all True: random boxes fill the remainder).
+  """
+  objects = boxes[box_valid]
+  centres = (objects[:, :2] + objects[:, 2:]) / 2
+  sizes = objects[:, 2:] - objects[:, :2]
+  count = min(len(objects) * jittered_per_object, num_proposals)
+  source = np.repeat(np.arange(len(objects)), jittered_per_object)[:count]
+  shift = rng.uniform(-jitter, jitter, (count, 2)) * sizes[source]
+  scale = rng.uniform(1 - jitter, 1 + jitter, (count, 2))
+  half = sizes[source] * scale / 2
+  jittered = np.concatenate([centres[source] + shift - half, centres[source] + shift + half], 1)
+  corners = rng.uniform(0, image_size, (num_proposals - count, 2, 2))
+  random = np.concatenate([corners.min(axis=1), corners.max(axis=1)], 1)
+  proposals = np.clip(np.concatenate([jittered, random]), 0, image_size).astype(np.float32)
+  # A box clipped or drawn to zero width would be a degenerate RoI: give it one pixel.
+  proposals[:, 2:] = np.maximum(proposals[:, 2:], np.minimum(proposals[:, :2] + 1, image_size))
+  proposals[:, :2] = np.minimum(proposals[:, :2], proposals[:, 2:] - 1)
+  return proposals, np.ones(num_proposals, bool)
+
+
+class DetectionEvaluator(base.Evaluator):
+  """COCO box AP/AR of the detections plus ``rpn_AR100`` of the proposals."""
+
+  def __init__(self, num_classes: int):
+    self.detections = coco.CocoEvaluator(num_classes=num_classes)
+    self.proposals = coco.CocoEvaluator(num_classes=1)
+
+  def add(self, outputs: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> None:
+    self.detections.add({k: outputs[k] for k in ("boxes", "scores", "classes", "valid")}, batch)
+    proposals = {"boxes": outputs["proposal_boxes"], "scores": outputs["proposal_scores"],
+                 "classes": np.zeros(outputs["proposal_valid"].shape, np.int32),
+                 "valid": outputs["proposal_valid"]}
+    self.proposals.add(proposals, {**batch, "labels": np.zeros_like(batch["labels"])})
+
+  def result(self) -> dict[str, float]:
+    return {**self.detections.result(), "rpn_AR100": self.proposals.result()["AR100"]}
+
+
+@base.register("detection")
+class DetectionTask(base.Task):
+  """Two-stage detection on any box dataset of ``jaxvision.data``."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    model_config = config.model.to_dict()
+    unknown = sorted(set(model_config) - _MODEL_CONFIG_FIELDS - {"num_classes"})
+    if unknown:
+      raise ValueError(f"Unknown config.model fields {unknown}; FasterRCNN accepts "
+                       f"{sorted(_MODEL_CONFIG_FIELDS | {'num_classes'})}.")
+    if model_config.get("proposal_source", "rpn") not in PROPOSAL_SOURCES:
+      raise ValueError(f"Unknown config.model.proposal_source "
+                       f"{model_config['proposal_source']!r}; use one of {PROPOSAL_SOURCES}.")
+    if "num_classes" not in model_config:
+      raise ValueError("config.model.num_classes (object classes, without background) is "
+                       "required, e.g. len(jaxvision.data.CLASS_NAMES) for shapes or 80 for COCO.")
+    self.num_classes = model_config.pop("num_classes")
+    self.image_size = config.data.image_size
+    self.class_names = (tuple(data_lib.CLASS_NAMES) if config.data.name == "shapes"
+                        else tuple(f"class {i}" for i in range(self.num_classes)))
+    if len(self.class_names) != self.num_classes:
+      raise ValueError(f"config.model.num_classes={self.num_classes} but the dataset has "
+                       f"{len(self.class_names)} classes {self.class_names}.")
+    model_config = {k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items()}
+    self.uses_data_proposals = model_config.get("proposal_source", "rpn") == "data"
+    self._model = FasterRCNN(num_classes=self.num_classes, **model_config)
+    self._pipelines: dict[str, data_lib.Pipeline] = {}
+
+  @property
+  def model(self) -> FasterRCNN:
+    return self._model
+
+  # --- data ----------------------------------------------------------------------------
+
+  def _pipeline(self, split: str, train: bool) -> data_lib.Pipeline:
+    if split not in self._pipelines:
+      self._pipelines[split] = data_lib.Pipeline(self.config.data, split, self.config.batch_size,
+                                                 self.config.seed, train=train)
+    return self._pipelines[split]
+
+  def _with_proposals(self, batch: dict[str, np.ndarray], seeds: np.ndarray) -> dict[str, Any]:
+    """Adds Fast R-CNN ``proposals``/``proposal_valid``, one generator seed per row."""
+    if not self.uses_data_proposals:
+      return batch
+    settings = self.config.data_proposals
+    made = [synthetic_proposals(boxes, valid, self.image_size, settings.num_proposals,
+                                settings.jittered_per_object, settings.jitter,
+                                np.random.default_rng(seed))
+            for boxes, valid, seed in zip(batch["boxes"], batch["box_valid"], seeds)]
+    return {**batch, "proposals": np.stack([p for p, _ in made]),
+            "proposal_valid": np.stack([v for _, v in made])}
+
+  def train_batch(self, step: int) -> dict[str, np.ndarray]:
+    batch = self._pipeline("train", True).host_batch(step)
+    return self._with_proposals(batch, [(self.config.seed, step, int(i)) for i in batch["image_id"]])
+
+  def train_batches(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+    for step, batch in enumerate(self._pipeline("train", True).iterate(start_step), start_step):
+      yield self._with_proposals(batch, [(self.config.seed, step, int(i))
+                                         for i in batch["image_id"]])
+
+  def eval_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
+    for batch in self._pipeline(split, False).eval_batches():
+      # Eval proposals depend on the image only, so every evaluation sees the same ones.
+      yield self._with_proposals(batch, [(self.config.seed, max(int(i), 0))
+                                         for i in batch["image_id"]])
+
+  def validate_batch(self, batch: Mapping[str, np.ndarray]) -> None:
+    base.validate_images(batch["image"], self.image_size, "batch['image']")
+    data_lib.validate_boxes(batch)
+    labels = np.asarray(batch["labels"])[np.asarray(batch["box_valid"], bool)]
+    if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+      raise ValueError(f"batch['labels'] must be in [0, {self.num_classes}) "
+                       f"(config.model.num_classes); got [{labels.min()}, {labels.max()}].")
+
+  # --- model ---------------------------------------------------------------------------
+
+  def _proposal_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    if not self.uses_data_proposals:
+      return {}
+    return {"proposals": batch["proposals"], "proposal_valid": batch["proposal_valid"]}
+
+  def init_variables(self, rng: jax.Array, batch: Mapping[str, Any]) -> dict[str, Any]:
+    return self._model.init(rng, base.normalize_images(jnp.asarray(batch["image"])), train=False,
+                            **self._proposal_inputs(batch))
+
+  def loss_fn(self, params, model_state, batch, rng):
+    gt_valid = batch["box_valid"]
+    if "is_crowd" in batch:
+      gt_valid = gt_valid & ~batch["is_crowd"]
+    outputs, new_state = self._model.apply(
+        {"params": params, **model_state}, base.normalize_images(batch["image"]), train=True,
+        gt_boxes=batch["boxes"], gt_labels=batch["labels"], gt_valid=gt_valid,
+        **self._proposal_inputs(batch), rngs={"sampling": rng}, mutable=["batch_stats"])
+    losses = outputs["losses"]
+    loss = sum(losses.values())
+    return loss, ({**losses, **outputs["metrics"]}, new_state)
+
+  def _forward(self, variables, images, proposal_inputs):
+    outputs = self._model.apply(variables, base.normalize_images(images), train=False,
+                                **proposal_inputs)
+    for name in ("proposal_boxes", "proposal_scores", "proposal_valid"):
+      outputs[name] = outputs[name][:, :PROPOSALS_FOR_RECALL]
+    return outputs
+
+  def eval_outputs(self, variables, batch):
+    return self._forward(variables, batch["image"], self._proposal_inputs(batch))
+
+  def make_evaluator(self) -> DetectionEvaluator:
+    return DetectionEvaluator(self.num_classes)
+
+  def predict(self, variables, images, proposals=None, proposal_valid=None
+              ) -> dict[str, jax.Array]:
+    """Detections for NHWC images (uint8 or float32 in [0, 255]).
+
+    Returns ``boxes [B, D, 4]`` (xyxy pixels), ``scores [B, D]`` (decreasing),
+    ``classes [B, D]`` (``0..C-1``), ``valid [B, D]`` with ``D = model.max_detections``.
+    Fast R-CNN models also need ``proposals [B, P, 4]`` and ``proposal_valid [B, P]``.
+    """
+    base.validate_images(images, self.image_size, "predict")
+    proposal_inputs = {}
+    if self.uses_data_proposals:
+      if proposals is None or proposal_valid is None:
+        raise ValueError("This model takes its proposals from the data "
+                         "(model.proposal_source='data'): pass proposals and proposal_valid.")
+      proposal_inputs = {"proposals": jnp.asarray(proposals),
+                         "proposal_valid": jnp.asarray(proposal_valid)}
+    outputs = jax.jit(self._forward)(variables, jnp.asarray(images), proposal_inputs)
+    return {k: outputs[k] for k in ("boxes", "scores", "classes", "valid")}
+
+  def write_pictures(self, variables, batch, outputs, directory, step) -> list[str]:
+    """Ground truth (green) and detections scoring at least 0.5 (red) on held-out images."""
+    del variables
+    count = min(len(batch["image"]), self.config.get("num_pictures", 8))
+    scale = max(1, 256 // self.image_size)
+    images = []
+    for i in range(count):
+      valid = np.asarray(batch["box_valid"][i], bool)
+      image = viz.draw_boxes(batch["image"][i], batch["boxes"][i][valid],
+                             [self.class_names[int(c)] for c in batch["labels"][i][valid]],
+                             viz.TRUE_COLOUR, scale)
+      shown = np.asarray(outputs["valid"][i], bool) & (outputs["scores"][i] >= 0.5)
+      captions = [f"{self.class_names[int(c)]} {s:.2f}"
+                  for c, s in zip(outputs["classes"][i][shown], outputs["scores"][i][shown])]
+      images.append(viz.draw_boxes(image, outputs["boxes"][i][shown] * scale, captions,
+                                   viz.PREDICTED_COLOUR))
+    return [viz.save_image_grid(images, os.path.join(directory,
+                                                     f"step_{step:07d}_detections.png"))]
