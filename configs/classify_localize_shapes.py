@@ -30,7 +30,7 @@ def get_config(arg=None):
   config.data = shapes_data_config(image_size=64, min_objects=1, max_objects=1, max_boxes=1)
 
   config.model = ml_collections.ConfigDict(dict(
-      backbone="resnet_small", backbone_kwargs=ml_collections.ConfigDict(dict(stem="imagenet")),
+      backbone="resnet_small", backbone_kwargs=ml_collections.ConfigDict(dict(stem="imagenet", width=32)),
       neck_channels=32, hidden=256,
       box_loss="l2",  # "l2" | "smooth_l1" | "giou", on boxes normalized by the image size.
       class_loss_weight=1.0, box_loss_weight=10.0,
@@ -46,11 +46,13 @@ def get_config(arg=None):
     config.eval_every = 6
     config.checkpoint_every = 3
     config.log_every = 2
+    config.optimizer.warmup_steps = 0
     config.num_pictures = 4
     config.data.num_train = 128
     config.data.num_validation = 48
     config.data.num_test = 48
     config.model.backbone = "resnet_tiny"
+    config.model.backbone_kwargs.width = 8
     config.model.neck_channels = 8
     config.model.hidden = 32
   elif arg:

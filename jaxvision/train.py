@@ -21,7 +21,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Join a multi-host runtime before anything asks for devices.
   parallel.initialize()
-  logging.set_verbosity(logging.INFO)
+  # Orbax logs every save at INFO; the progress bar and metrics.jsonl say what matters.
+  logging.set_verbosity(logging.WARNING)
   metrics = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if parallel.is_main_process():
     print("final " + " ".join(f"eval/{k}={v:.4f}" for k, v in metrics.items()), flush=True)

@@ -8,7 +8,6 @@ named by ``config.task``. Importable from a notebook:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from typing import Any, Iterator
@@ -177,7 +176,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state, tx = create_train_state(task, config, mesh, first_batch)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(abstract_like(state))
-    logging.info("Resumed from step %d in %s.", start, checkpointer.directory)
+    if parallel.is_main_process():
+      print(f"Resuming from step {start} in {checkpointer.directory}.", flush=True)
   elif config.init_from:
     state = transfer_backbone(state, config.init_from, mesh)
 

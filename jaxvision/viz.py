@@ -49,3 +49,111 @@ def save_image_grid(images: Sequence[np.ndarray], path: str, columns: int = 4,
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   Image.fromarray(grid).save(path)
   return path
+
+
+def plot_pr_curves(result_or_precision, category_names: Sequence[str] | None, path: str,
+                   iou_threshold: float = 0.5) -> str:
+  """Per-class precision-recall curves at one IoU threshold, one panel per class, as a PNG.
+
+  Curves are for area range ``all`` and the largest ``maxDets``; each panel's title gives
+  the class's AP at that threshold (the mean of its 101 interpolated precisions).
+
+  Args:
+    result_or_precision: a ``jaxvision.evaluation.coco.CocoResult``, or a precision array
+      [T, R, K, A, M] computed with pycocotools' default thresholds (IoU 0.5:0.05:0.95,
+      101 recall points).
+    category_names: K class names (default: the result's category ids).
+    path: where to write the PNG.
+    iou_threshold: one of the T IoU thresholds.
+
+  Returns:
+    ``path``.
+  """
+  precision = np.asarray(getattr(result_or_precision, "precision", result_or_precision))
+  params = getattr(result_or_precision, "params", None)
+  iou_thresholds = np.linspace(.5, .95, 10) if params is None else params.iou_thresholds
+  recall = np.linspace(0, 1, 101) if params is None else params.recall_thresholds
+  if precision.ndim != 5 or precision.shape[:2] != (len(iou_thresholds), len(recall)):
+    raise ValueError(f"Expected precision [T={len(iou_thresholds)}, R={len(recall)}, K, A, M] "
+                     f"(pycocotools' eval['precision']), got shape {precision.shape}.")
+  index = np.flatnonzero(np.isclose(iou_thresholds, iou_threshold))
+  if not len(index):
+    raise ValueError(f"iou_threshold {iou_threshold} is not one of the evaluated thresholds "
+                     f"{np.round(iou_thresholds, 2).tolist()}.")
+  curves = precision[index[0], :, :, 0, -1]  # [R, K]
+  num_classes = curves.shape[1]
+  if category_names is None:
+    category_names = [str(c) for c in getattr(result_or_precision, "category_ids",
+                                              range(num_classes))]
+  if len(category_names) != num_classes:
+    raise ValueError(f"{len(category_names)} category_names for {num_classes} categories.")
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+
+  columns = int(np.ceil(np.sqrt(num_classes)))
+  rows = int(np.ceil(num_classes / columns))
+  width, height = 2.4 * columns + 0.7, 2.2 * rows + 1.2  # inches
+  figure = Figure(figsize=(width, height))
+  # Fixed margins in inches (a layout engine costs seconds for many panels).
+  figure.subplots_adjust(left=0.7 / width, right=1 - 0.15 / width, bottom=0.7 / height,
+                         top=1 - 0.8 / height, wspace=0.12, hspace=0.35)
+  # Not sharex/sharey: with many panels, propagating limits between them is quadratic.
+  axes = figure.subplots(rows, columns, squeeze=False)
+  for k, axis in enumerate(axes.flat):
+    if k >= num_classes:
+      axis.set_axis_off()
+      continue
+    curve = curves[:, k]
+    if (curve > -1).any():
+      axis.plot(recall, curve, color="tab:blue")
+      axis.fill_between(recall, curve, alpha=0.2, color="tab:blue")
+      axis.set_title(f"{category_names[k]}: AP {curve.mean():.3f}", fontsize=9)
+    else:
+      axis.set_title(f"{category_names[k]}: no ground truth", fontsize=9)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.set_xticks([0, 0.5, 1])  # few ticks: each costs a few ms to build
+    axis.set_yticks([0, 0.5, 1])
+    axis.label_outer()
+  figure.supxlabel("recall", y=0.15 / height)
+  figure.supylabel("precision", x=0.15 / width)
+  figure.suptitle(f"Precision-recall at IoU {iou_threshold:g}", y=1 - 0.15 / height)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  figure.savefig(path, dpi=100)
+  return path
+
+
+def plot_reliability_diagram(diagram, path: str, title: str = "Reliability diagram") -> str:
+  """Accuracy vs confidence per bin (bars), the gap to the diagonal, and the ECE, as a PNG.
+
+  Args:
+    diagram: a ``jaxvision.evaluation.calibration.ReliabilityDiagram``.
+    path: where to write the PNG.
+    title: figure title (the ECE is appended).
+
+  Returns:
+    ``path``.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+
+  left = diagram.bin_edges[:-1]
+  width = np.diff(diagram.bin_edges)
+  filled = diagram.count > 0
+  accuracy = np.where(filled, diagram.accuracy, 0.0)
+  confidence = np.where(filled, diagram.confidence, 0.0)
+  figure = Figure(figsize=(4.5, 4.5))
+  figure.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.92)
+  axis = figure.subplots()
+  axis.bar(left, accuracy, width=width, align="edge", edgecolor="black", color="tab:blue",
+           label="accuracy")
+  axis.bar(left, confidence - accuracy, bottom=accuracy, width=width, align="edge",
+           edgecolor="tab:red", color="tab:red", alpha=0.3, hatch="//", label="gap to confidence")
+  axis.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfectly calibrated")
+  axis.set_xlim(0, 1)
+  axis.set_ylim(0, 1)
+  axis.set_xlabel("confidence")
+  axis.set_ylabel("accuracy")
+  axis.set_title(f"{title} (ECE {diagram.expected_calibration_error:.3f})")
+  axis.legend(loc="upper left")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  figure.savefig(path, dpi=100)
+  return path

@@ -1,8 +1,10 @@
 """Classification + localization: one backbone, a class head and a box head.
 
-The classic single-object setup: a shared backbone, a small shared neck that keeps the
-spatial layout (1x1 conv on C5, flatten, FC), and two linear heads reading the same neck
-features, one for class logits and one for the normalized box ``(x1, y1, x2, y2) / size``.
+The classic single-object setup: a shared backbone, a small shared neck, and two linear
+heads reading the same neck features, one for class logits and one for the normalized box
+``(x1, y1, x2, y2) / size``. The neck concatenates the globally pooled C5 (translation
+invariant: what the object is) with an FC layer on the flattened, channel-reduced C5
+(which keeps the spatial layout: where it is).
 Multitask regularizers act on the stacked head matrix ``W = [W_class | W_box]``.
 """
 
@@ -35,13 +37,16 @@ class ClassifyLocalize(nn.Module):
         images, train)
     x = nn.relu(nn.Conv(self.neck_channels, (1, 1), name="neck_reduce")(features["C5"]))
     x = nn.relu(nn.Dense(self.hidden, name="neck_fc")(x.reshape(x.shape[0], -1)))
+    x = jnp.concatenate([features["pooled"], x], axis=-1)
     logits = nn.Dense(self.num_classes, name="class_head")(x)
-    boxes = nn.Dense(4, name="box_head")(x)
+    # Start from a centred box covering a quarter of the image, so early box losses are small.
+    boxes = nn.Dense(4, name="box_head", kernel_init=nn.initializers.zeros,
+                     bias_init=lambda *_: jnp.array([0.25, 0.25, 0.75, 0.75]))(x)
     return {"logits": logits, "boxes": boxes}
 
 
 def stacked_head_weights(params: dict[str, Any]) -> jax.Array:
-  """``W``: the head kernels side by side, ``[hidden, num_classes + 4]`` (one column per output)."""
+  """``W``: the head kernels side by side, ``[features, num_classes + 4]`` (a column per output)."""
   return jnp.concatenate([params[name]["kernel"] for name in HEAD_NAMES], axis=1)
 
 

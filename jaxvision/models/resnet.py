@@ -81,8 +81,9 @@ class ResNet(nn.Module):
     stage_sizes: blocks per stage (4 stages: C2..C5).
     block: ``"basic"`` or ``"bottleneck"``.
     width: channels of the first stage; doubled at each later stage.
-    stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool: C2 at stride 4) or ``"small"``
-      (one 3x3/1 conv, no pool: C2 at stride 1, for 32-64 px images).
+    stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool: C2 at stride 4), ``"stride2"``
+      (one 3x3/2 conv: C2 at stride 2, for 64-128 px images with small objects) or
+      ``"small"`` (one 3x3/1 conv: C2 at stride 1, for 32 px images).
     norm: see :func:`make_norm`.
   """
   stage_sizes: Sequence[int]
@@ -94,7 +95,7 @@ class ResNet(nn.Module):
   @property
   def strides(self) -> dict[str, int]:
     """Stride of each named feature map relative to the input image."""
-    base = 4 if self.stem == "imagenet" else 1
+    base = {"imagenet": 4, "stride2": 2, "small": 1}[self.stem]
     return {f"C{k}": base * 2 ** (k - 2) for k in range(2, 6)}
 
   @nn.compact
@@ -108,11 +109,12 @@ class ResNet(nn.Module):
       x = nn.Conv(self.width, (7, 7), 2, padding=3, use_bias=False, name="stem_conv")(images)
       x = nn.relu(norm(name="stem_norm")(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    elif self.stem == "small":
-      x = nn.Conv(self.width, (3, 3), 1, padding=1, use_bias=False, name="stem_conv")(images)
+    elif self.stem in ("stride2", "small"):
+      stride = 2 if self.stem == "stride2" else 1
+      x = nn.Conv(self.width, (3, 3), stride, padding=1, use_bias=False, name="stem_conv")(images)
       x = nn.relu(norm(name="stem_norm")(x))
     else:
-      raise ValueError(f"Unknown ResNet stem {self.stem!r}; use 'imagenet' or 'small'.")
+      raise ValueError(f"Unknown ResNet stem {self.stem!r}; use 'imagenet', 'stride2' or 'small'.")
     features = {}
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):

@@ -107,9 +107,10 @@ class ClassifyLocalizeTask(base.Task):
   def validate_batch(self, batch: Mapping[str, np.ndarray]) -> None:
     base.validate_images(batch["image"], self.image_size, "batch['image']")
     data_lib.validate_boxes(batch)
-    if not np.all(batch["box_valid"][:, 0]):
-      raise ValueError("classify_localize needs exactly one valid box per image; "
-                       "batch['box_valid'][:, 0] has False entries.")
+    real = batch.get("example_mask", np.ones(len(batch["image"]), bool))
+    if not np.all(batch["box_valid"][real, 0]):
+      raise ValueError("classify_localize needs one valid box per image; batch['box_valid'][:, 0] "
+                       "is False for some examples.")
 
   def init_variables(self, rng: jax.Array, batch: Mapping[str, Any]) -> dict[str, Any]:
     return self._model.init(rng, base.normalize_images(jnp.asarray(batch["image"])), train=False)

@@ -75,9 +75,9 @@ def synthetic_proposals(boxes: np.ndarray, box_valid: np.ndarray, image_size: in
 class DetectionEvaluator(base.Evaluator):
   """COCO box AP/AR of the detections plus ``rpn_AR100`` of the proposals."""
 
-  def __init__(self, num_classes: int):
-    self.detections = coco.CocoEvaluator(num_classes=num_classes)
-    self.proposals = coco.CocoEvaluator(num_classes=1)
+  def __init__(self, class_names: tuple[str, ...]):
+    self.detections = coco.CocoEvaluator(class_names=class_names)
+    self.proposals = coco.CocoEvaluator(class_names=("object",))
 
   def add(self, outputs: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> None:
     self.detections.add({k: outputs[k] for k in ("boxes", "scores", "classes", "valid")}, batch)
@@ -200,7 +200,7 @@ class DetectionTask(base.Task):
     return self._forward(variables, batch["image"], self._proposal_inputs(batch))
 
   def make_evaluator(self) -> DetectionEvaluator:
-    return DetectionEvaluator(self.num_classes)
+    return DetectionEvaluator(self.class_names)
 
   def predict(self, variables, images, proposals=None, proposal_valid=None
               ) -> dict[str, jax.Array]:

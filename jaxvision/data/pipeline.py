@@ -1,0 +1,171 @@
+"""Deterministic, host-sharded grain pipelines with fixed-shape batches.
+
+Training order: global example position ``g = step * global_batch_size + row`` reads record
+``shuffle_epoch(g // N)[g % N]`` (grain's per-epoch index shuffle of the ``N`` records,
+seeded by ``seed``) and augments it with a generator seeded by ``(seed, g)``. The global
+batch of a step is therefore a function of ``(seed, step)`` alone, whatever the number of
+hosts: host ``p`` of ``P`` reads only rows ``[p * B / P, (p + 1) * B / P)`` of it, by random
+access, so a resumed run and a multi-host run read exactly the examples of a one-host run.
+
+Rows are dicts (see ``Pipeline``); batches stack them along a new leading axis.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from jaxvision.data import datasets
+from jaxvision.data import transforms
+
+Batch = dict[str, np.ndarray]
+
+
+def _stack_and_validate(rows: Sequence[Batch]) -> Batch:
+  """Stacks rows along a new leading axis; checks the boxes once per batch (vectorized)."""
+  batch = {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+  if "boxes" in batch:
+    transforms.validate_boxes(batch)
+  return batch
+
+
+class Pipeline:
+  """One split of ``data_config``'s dataset, read as this host's slices of global batches.
+
+  Every row holds ``image_id`` int32 and ``box_valid`` bool [max_boxes], plus the features
+  named by ``data_config.features``: ``image`` uint8 [H, W, 3]; ``boxes`` float32
+  [max_boxes, 4] (x1, y1, x2, y2) pixels; ``labels`` int32 [max_boxes] (0-based, 0 on
+  padding); ``masks`` uint8 [max_boxes, H, W]; ``keypoints`` float32 [max_boxes, K, 3]
+  (x, y, COCO visibility 0/1/2); ``semantic`` int32 [H, W]; ``area`` float32 [max_boxes];
+  ``is_crowd`` bool [max_boxes]. Eval batches also hold ``example_mask`` bool (False on
+  padding rows). Padding objects and padding rows are all zeros (``image_id`` -1).
+  """
+
+  def __init__(self, data_config: ml_collections.ConfigDict, split: str,
+               global_batch_size: int, seed: int, train: bool,
+               process_index: int | None = None, process_count: int | None = None):
+    """Builds the dataset if needed and sets up the reader.
+
+    Args:
+      data_config: ``config.data`` (see ``datasets.shapes_data_config``).
+      split: A split of the dataset (``"train"``, ``"validation"``, ``"test"`` for shapes).
+      global_batch_size: Rows per step over all hosts; divisible by ``process_count``.
+      seed: Shuffling and augmentation seed, in ``[0, 2**32)``.
+      train: Shuffle and augment in ``host_batch``/``iterate`` (``eval_batches`` never does).
+      process_index: This host; None -> ``jax.process_index()``.
+      process_count: Number of hosts; None -> ``jax.process_count()``.
+    """
+    self._format = datasets.record_format(data_config.name)
+    self.features = self._checked_features(data_config)
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if global_batch_size < 1 or global_batch_size % process_count:
+      raise ValueError(f"The global batch size {global_batch_size} must be a positive multiple "
+                       f"of the number of processes ({process_count}); change batch_size.")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
+    if not 0 <= seed < 2**32:
+      raise ValueError(f"Data seed {seed} must be in [0, 2**32).")
+    if data_config.name == "shapes" and data_config.max_objects > data_config.max_boxes:
+      raise ValueError(f"data.max_objects={data_config.max_objects} exceeds data.max_boxes="
+                       f"{data_config.max_boxes}; set data.max_boxes >= data.max_objects.")
+    self.image_size = data_config.image_size
+    self.max_boxes = data_config.max_boxes
+    self.global_batch_size = global_batch_size
+    self.host_batch_size = global_batch_size // process_count
+    self._flip = bool(data_config.flip)
+    self._read_options = grain.ReadOptions(num_threads=data_config.num_threads,
+                                           prefetch_buffer_size=data_config.prefetch_batches)
+    self._process_index, self._process_count = process_index, process_count
+
+    builder = datasets.build_dataset(data_config)
+    if split not in builder.info.splits:
+      raise ValueError(f"Unknown split {split!r} of dataset {data_config.name!r}; available "
+                       f"splits: {sorted(builder.info.splits)}.")
+    self._source = builder.as_data_source(split)
+    self.num_examples = len(self._source)
+    self._padding_row: Batch | None = None
+
+    records = grain.MapDataset.source(self._source)
+    if train:
+      rows = records.seed(seed).shuffle().repeat().random_map(self._row)
+    else:
+      rows = records.repeat().map(self._row)
+    self._host_batches = self._host_slices(rows)
+
+  def _checked_features(self, data_config: ml_collections.ConfigDict) -> frozenset[str]:
+    requested = tuple(data_config.features)
+    unknown = sorted(set(requested) - set(datasets.FEATURES))
+    if unknown:
+      raise ValueError(f"Unknown data.features {unknown}; choose from {datasets.FEATURES}.")
+    missing = sorted(set(requested) - self._format.features)
+    if missing:
+      raise ValueError(f"Dataset {data_config.name!r} does not provide features {missing}; it "
+                       f"provides {sorted(self._format.features)}.")
+    return frozenset(requested)
+
+  def _host_slices(self, rows: grain.MapDataset) -> grain.MapDataset:
+    """Global row ``g`` -> batches of this host: element t holds its slice of batch t."""
+    return rows.batch(self.host_batch_size, batch_fn=_stack_and_validate
+                      )[self._process_index::self._process_count]
+
+  # --- rows ----------------------------------------------------------------------------
+  def _row(self, record: dict, rng: np.random.Generator | None = None) -> Batch:
+    """One padded row; ``rng`` (training only) draws the augmentation."""
+    example = self._format.to_example(record, self.features)
+    kept = self.features | {"image_id"}
+    example = {name: value for name, value in example.items()
+               if name in kept or name in ("image", "labels")}
+    example = transforms.resize_and_pad(example, self.image_size)
+    if rng is not None and self._flip and rng.random() < 0.5:
+      permutation = None
+      if "keypoints" in example and self._format.keypoint_flip_permutation is not None:
+        permutation = self._format.keypoint_flip_permutation(example["keypoints"].shape[1])
+      example = transforms.flip_horizontal(example, permutation)
+    example = transforms.pad_objects(example, self.max_boxes)
+    return {name: np.asarray(value) for name, value in example.items()
+            if name in kept or name == "box_valid"}
+
+  def _eval_row(self, position: int) -> Batch:
+    if position < self.num_examples:
+      return {**self._row(self._source[position]), "example_mask": np.bool_(True)}
+    if self._padding_row is None:
+      real = self._row(self._source[0])
+      self._padding_row = {name: np.zeros_like(value) for name, value in real.items()}
+      self._padding_row["image_id"] = np.int32(-1)
+      self._padding_row["example_mask"] = np.bool_(False)
+    return self._padding_row
+
+  # --- public API ----------------------------------------------------------------------
+  def host_batch(self, step: int) -> Batch:
+    """This host's rows of the global training batch of ``step``: leading axis B / P."""
+    if step < 0:
+      raise ValueError(f"step must be >= 0; got {step}.")
+    return self._host_batches[step]
+
+  def iterate(self, start_step: int = 0) -> Iterator[Batch]:
+    """``host_batch(start_step)``, ``host_batch(start_step + 1)``, ... prepared ahead by
+    ``data.num_threads`` background threads."""
+    if start_step < 0:
+      raise ValueError(f"start_step must be >= 0; got {start_step}.")
+    return iter(self._host_batches[start_step:].to_iter_dataset(self._read_options))
+
+  @property
+  def num_eval_batches(self) -> int:
+    """Global batches in one pass over the split (the last one padded)."""
+    return math.ceil(self.num_examples / self.global_batch_size)
+
+  def eval_batches(self) -> Iterator[Batch]:
+    """One pass over the split in order, without augmentation, in fixed-shape batches.
+
+    Every host yields ``num_eval_batches`` batches of ``B / P`` rows (its slice of each
+    global batch); rows past the end of the split are padding with ``example_mask`` False.
+    """
+    positions = grain.MapDataset.range(self.num_eval_batches * self.global_batch_size)
+    batches = self._host_slices(positions.map(self._eval_row))
+    return iter(batches.to_iter_dataset(self._read_options))

@@ -1,0 +1,69 @@
+"""Static-shape box, NMS, RoIAlign, anchor, matching and mask ops.
+
+Pure JAX functions: they run under ``jit``, batch with ``vmap`` and work on CPU, GPU and
+TPU. Boxes are ``(x1, y1, x2, y2)`` in absolute pixels, continuous coordinates (no +1);
+variable-length results are padded to a static size with a boolean ``valid`` mask (or -1
+indices). Each op documents its shapes; numbers follow torchvision where it has the op.
+"""
+
+from jaxvision.ops.anchors import anchor_templates
+from jaxvision.ops.anchors import generate_anchors
+from jaxvision.ops.anchors import num_anchors_per_level
+from jaxvision.ops.boxes import box_area
+from jaxvision.ops.boxes import box_iou
+from jaxvision.ops.boxes import clip_boxes
+from jaxvision.ops.boxes import cxcywh_to_xyxy
+from jaxvision.ops.boxes import decode_boxes
+from jaxvision.ops.boxes import DEFAULT_SCALE_CLAMP
+from jaxvision.ops.boxes import encode_boxes
+from jaxvision.ops.boxes import generalized_box_iou
+from jaxvision.ops.boxes import small_box_mask
+from jaxvision.ops.boxes import xywh_to_xyxy
+from jaxvision.ops.boxes import xyxy_to_cxcywh
+from jaxvision.ops.boxes import xyxy_to_xywh
+from jaxvision.ops.masks import mask_iou
+from jaxvision.ops.masks import paste_masks
+from jaxvision.ops.matching import IGNORE
+from jaxvision.ops.matching import match_boxes
+from jaxvision.ops.matching import match_iou
+from jaxvision.ops.matching import NEGATIVE
+from jaxvision.ops.matching import POSITIVE
+from jaxvision.ops.matching import sample_balanced
+from jaxvision.ops.nms import batched_nms
+from jaxvision.ops.nms import nms
+from jaxvision.ops.roi_align import crop_and_resize_masks
+from jaxvision.ops.roi_align import fpn_level_index
+from jaxvision.ops.roi_align import multilevel_roi_align
+from jaxvision.ops.roi_align import roi_align
+
+__all__ = [
+    "DEFAULT_SCALE_CLAMP",
+    "IGNORE",
+    "NEGATIVE",
+    "POSITIVE",
+    "anchor_templates",
+    "batched_nms",
+    "box_area",
+    "box_iou",
+    "clip_boxes",
+    "crop_and_resize_masks",
+    "cxcywh_to_xyxy",
+    "decode_boxes",
+    "encode_boxes",
+    "fpn_level_index",
+    "generalized_box_iou",
+    "generate_anchors",
+    "mask_iou",
+    "match_boxes",
+    "match_iou",
+    "multilevel_roi_align",
+    "nms",
+    "num_anchors_per_level",
+    "paste_masks",
+    "roi_align",
+    "sample_balanced",
+    "small_box_mask",
+    "xywh_to_xyxy",
+    "xyxy_to_cxcywh",
+    "xyxy_to_xywh",
+]

@@ -1,0 +1,234 @@
+"""nms / batched_nms against a plain greedy loop (and torchvision when installed).
+
+Compilations dominate the runtime, so most cases share one static shape (``_PADDED``
+boxes, smaller sets padded with ``valid=False``), which also exercises the padding path.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxvision.ops import batched_nms
+from jaxvision.ops import nms
+
+_PADDED = 320
+_THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 1.0)
+
+
+def reference_nms(boxes, scores, iou_threshold, class_ids=None):
+  """torchvision's CPU kernel, transcribed: float32 IoU, threshold compared as a double."""
+  boxes = np.asarray(boxes, np.float32)
+  scores = np.asarray(scores, np.float32)
+  x1, y1, x2, y2 = boxes.T
+  areas = (x2 - x1) * (y2 - y1)
+  suppressed = np.zeros(len(boxes), bool)
+  keep = []
+  for i in np.argsort(-scores, kind="stable"):
+    if suppressed[i]:
+      continue
+    keep.append(i)
+    width = np.maximum(np.float32(0), np.minimum(x2[i], x2) - np.maximum(x1[i], x1))
+    height = np.maximum(np.float32(0), np.minimum(y2[i], y2) - np.maximum(y1[i], y1))
+    inter = width * height
+    with np.errstate(invalid="ignore", divide="ignore"):
+      iou = inter / (areas[i] + areas - inter)
+    hit = iou.astype(np.float64) > iou_threshold
+    if class_ids is not None:
+      hit &= class_ids == class_ids[i]
+    suppressed |= hit
+  return np.asarray(keep, np.int64)
+
+
+def random_boxes(rng, n, image=200.0, max_size=60.0):
+  corner = rng.uniform(-10, image, (n, 2))
+  size = rng.uniform(0, max_size, (n, 2))
+  return np.concatenate([corner, corner + size], 1).astype(np.float32)
+
+
+def adversarial_boxes(rng, n):
+  """Duplicates, zero-area boxes, dense clusters, suppression chains, tied scores."""
+  base = random_boxes(rng, n)
+  kind = rng.integers(0, 6, n)
+  source = rng.integers(0, max(n // 4, 1), n)
+  boxes = base.copy()
+  boxes[kind == 0] = base[source[kind == 0]]  # exact duplicates
+  lines = kind == 1  # zero area: vertical lines, half of them points
+  boxes[lines, 2] = boxes[lines, 0]
+  points = lines & (rng.random(n) < 0.5)
+  boxes[points, 3] = boxes[points, 1]
+  jitter = kind == 2  # heavy overlap around a few objects
+  boxes[jitter] = base[source[jitter] % 8] + rng.normal(0, 2, (jitter.sum(), 4))
+  chain = kind == 3  # each box shifted a little from the previous one
+  boxes[chain] = np.array([0, 0, 40, 40], np.float32) + np.arange(chain.sum())[:, None] * 7
+  integer = kind == 4  # integer corners: exactly representable IoUs such as 1/2 and 3/10
+  boxes[integer] = np.round(boxes[integer] / 5) * 5
+  boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2])
+  scores = rng.random(n).astype(np.float32)
+  scores[kind == 5] = np.round(scores[kind == 5], 1)  # ties
+  return boxes.astype(np.float32), scores
+
+
+def padded(boxes, scores, size=_PADDED, rng=None):
+  """Pads to ``size`` boxes; the padding gets garbage boxes and high scores."""
+  n = len(boxes)
+  rng = rng or np.random.default_rng(0)
+  pad_boxes = random_boxes(rng, size - n)
+  pad_scores = rng.uniform(1, 2, size - n).astype(np.float32)
+  valid = np.arange(size) < n
+  return (np.concatenate([boxes, pad_boxes]), np.concatenate([scores, pad_scores]), valid)
+
+
+def kept(result):
+  indices, valid = (np.asarray(x) for x in result)
+  assert indices.dtype == np.int32
+  np.testing.assert_array_equal(valid, indices >= 0)
+  np.testing.assert_array_equal(valid, np.arange(len(valid)) < valid.sum())  # a prefix
+  return indices[valid]
+
+
+@pytest.mark.parametrize("n", [1, 37, 300])
+@pytest.mark.parametrize("make", [random_boxes, adversarial_boxes])
+def test_nms_matches_greedy_loop_at_all_thresholds(n, make):
+  rng = np.random.default_rng(n)
+  if make is random_boxes:
+    boxes, scores = make(rng, n), rng.random(n).astype(np.float32)
+  else:
+    boxes, scores = make(rng, n)
+  boxes_p, scores_p, valid = padded(boxes, scores)
+  for threshold in _THRESHOLDS:
+    expected = reference_nms(boxes, scores, threshold)
+    got = kept(nms(boxes_p, scores_p, threshold, _PADDED, valid=valid))
+    np.testing.assert_array_equal(got, expected, err_msg=f"threshold {threshold}")
+
+
+def test_threshold_compared_like_torchvision_double():
+  # IoU = 3/10 exactly in float32 is float32(0.3) > 0.3, so torchvision suppresses at 0.3.
+  boxes = np.array([[0, 0, 10, 1], [7, 0, 10, 1], [20, 0, 30, 1], [0, 0, 10, 1]], np.float32)
+  scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+  boxes_p, scores_p, valid = padded(boxes, scores)
+  for threshold in (0.3, 0.5, 0.7):
+    expected = reference_nms(boxes, scores, threshold)
+    np.testing.assert_array_equal(
+        kept(nms(boxes_p, scores_p, threshold, _PADDED, valid=valid)), expected)
+  np.testing.assert_array_equal(reference_nms(boxes, scores, 0.3), [0, 2])
+  np.testing.assert_array_equal(reference_nms(boxes, scores, 0.5), [0, 1, 2])
+
+
+def test_no_boxes_and_all_padding():
+  indices, valid = nms(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), 0.5, 7)
+  np.testing.assert_array_equal(indices, -np.ones(7))
+  assert not np.asarray(valid).any()
+  boxes_p, scores_p, valid = padded(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
+  assert not np.asarray(nms(boxes_p, scores_p, 0.5, _PADDED, valid=valid)[1]).any()
+
+
+def test_max_output_size_truncates_and_pads():
+  rng = np.random.default_rng(1)
+  boxes, scores = random_boxes(rng, _PADDED), rng.random(_PADDED).astype(np.float32)
+  expected = reference_nms(boxes, scores, 0.5)
+  assert len(expected) > 40
+  np.testing.assert_array_equal(kept(nms(boxes, scores, 0.5, 40)), expected[:40])
+  indices, valid = nms(boxes[:30], scores[:30], 0.5, 40)
+  np.testing.assert_array_equal(np.asarray(indices)[np.asarray(valid)],
+                                reference_nms(boxes[:30], scores[:30], 0.5))
+
+
+def test_score_threshold_and_valid_mask():
+  rng = np.random.default_rng(2)
+  boxes, scores = adversarial_boxes(rng, _PADDED)
+  valid = rng.random(_PADDED) < 0.8
+  take = valid & (scores > 0.4)
+  expected = np.nonzero(take)[0][reference_nms(boxes[take], scores[take], 0.5)]
+  got = kept(nms(boxes, scores, 0.5, _PADDED, score_threshold=0.4, valid=valid))
+  np.testing.assert_array_equal(got, expected)
+
+
+def test_large_inputs_sparse_and_dense():
+  rng = np.random.default_rng(3)
+  n = 5000
+  sparse = random_boxes(rng, n, image=1500.0, max_size=150.0)
+  centers = random_boxes(rng, n // 10, image=1000.0, max_size=150.0)
+  dense = (np.repeat(centers, 10, 0) + rng.normal(0, 3, (n, 4))).astype(np.float32)
+  dense[:, 2:] = np.maximum(dense[:, 2:], dense[:, :2])
+  for boxes in (sparse, dense):
+    scores = rng.random(n).astype(np.float32)
+    np.testing.assert_array_equal(kept(nms(boxes, scores, 0.5, n)),
+                                  reference_nms(boxes, scores, 0.5))
+
+
+def test_vmap_over_images_under_jit():
+  rng = np.random.default_rng(4)
+  images = [adversarial_boxes(rng, n) for n in (300, 120, 5)]
+  stacked = [padded(b, s, rng=rng) for b, s in images]
+  boxes, scores, valid = (np.stack(x) for x in zip(*stacked))
+  run = jax.jit(jax.vmap(lambda b, s, v: nms(b, s, 0.7, _PADDED, valid=v)))
+  indices, is_valid = run(boxes, scores, valid)
+  for i, (b, s) in enumerate(images):
+    np.testing.assert_array_equal(kept((indices[i], is_valid[i])), reference_nms(b, s, 0.7))
+
+
+def test_batched_nms_matches_per_class_loop():
+  rng = np.random.default_rng(5)
+  boxes, scores = adversarial_boxes(rng, _PADDED)
+  class_ids = rng.integers(0, 7, _PADDED)
+  valid = rng.random(_PADDED) < 0.9
+  for threshold in _THRESHOLDS:
+    # The loop visits boxes by score over all classes, so its order is the output order.
+    expected = np.nonzero(valid)[0][reference_nms(boxes[valid], scores[valid], threshold,
+                                                  class_ids[valid])]
+    got = kept(batched_nms(boxes, scores, class_ids, threshold, _PADDED, valid=valid))
+    np.testing.assert_array_equal(got, expected, err_msg=f"threshold {threshold}")
+
+
+def test_batched_nms_is_per_class():
+  boxes = np.array([[0, 0, 10, 10]] * 4, np.float32)
+  scores = np.array([0.1, 0.4, 0.3, 0.2], np.float32)
+  got = kept(batched_nms(boxes, scores, np.array([0, 1, 0, 1]), 0.5, 4))
+  np.testing.assert_array_equal(got, [1, 2])
+
+
+def test_no_retrace_for_new_inputs_of_the_same_shape():
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def detect(boxes, scores, class_ids):
+    return nms(boxes, scores, 0.5, 50), batched_nms(boxes, scores, class_ids, 0.5, 50)
+
+  rng = np.random.default_rng(6)
+  for _ in range(3):
+    boxes, scores = adversarial_boxes(rng, 64)
+    (indices, valid), _ = detect(boxes, scores, rng.integers(0, 3, 64))
+    np.testing.assert_array_equal(np.asarray(indices)[np.asarray(valid)],
+                                  reference_nms(boxes, scores, 0.5)[:50])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(boxes=np.zeros((5, 5), np.float32)), "shape"),
+    (dict(iou_threshold=1.5), "iou_threshold"),
+    (dict(max_output_size=0), "max_output_size"),
+])
+def test_bad_arguments_raise(kwargs, match):
+  args = dict(boxes=np.zeros((5, 4), np.float32), scores=np.zeros((5,), np.float32),
+              iou_threshold=0.5, max_output_size=3)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    nms(**args)
+
+
+def test_matches_torchvision():
+  torch = pytest.importorskip("torch")
+  torchvision = pytest.importorskip("torchvision")
+  rng = np.random.default_rng(7)
+  boxes, scores = adversarial_boxes(rng, _PADDED)
+  class_ids = rng.integers(0, 5, _PADDED)
+  boxes_t, scores_t = torch.from_numpy(boxes), torch.from_numpy(scores)
+  for threshold in _THRESHOLDS:
+    expected = torchvision.ops.nms(boxes_t, scores_t, threshold).numpy()
+    np.testing.assert_array_equal(kept(nms(boxes, scores, threshold, _PADDED)), expected)
+    expected = torchvision.ops.batched_nms(boxes_t, scores_t, torch.from_numpy(class_ids),
+                                           threshold).numpy()
+    got = kept(batched_nms(boxes, scores, class_ids, threshold, _PADDED))
+    # torchvision's order among exactly tied scores is unspecified; compare set and scores.
+    np.testing.assert_array_equal(np.sort(got), np.sort(expected))
+    np.testing.assert_array_equal(scores[got], scores[expected])

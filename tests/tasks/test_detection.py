@@ -1,0 +1,146 @@
+"""The ``detection`` task: training on 2 devices, one compile, evaluation, Fast R-CNN, COCO."""
+
+import json
+import os
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from jaxvision import ops, parallel, trainer
+from jaxvision.evaluation import coco
+from jaxvision.tasks import detection as detection_task
+from jaxvision.tasks import get_task
+
+import configs.faster_rcnn_coco as coco_config
+import configs.faster_rcnn_shapes as shapes_config
+
+EVAL_KEYS = coco.DETECTION_SUMMARY_KEYS + ("rpn_AR100",)
+
+
+def _train(task, config, mesh, steps, batch_steps=None):
+  """Runs ``steps`` train steps on ``mesh``; returns the per-step losses."""
+  batch_steps = batch_steps if batch_steps is not None else range(steps)
+  batches = [task.train_batch(step) for step in batch_steps]
+  state, tx = trainer.create_train_state(task, config, mesh, batches[0])
+  train_step = trainer.make_train_step(task, config, tx, mesh)
+  losses = []
+  for batch in batches:
+    state, metrics = train_step(state, parallel.global_batch(batch, mesh))
+    losses.append(float(metrics["loss"]))
+  return state, losses, metrics
+
+
+def test_quick_config_trains_on_two_devices_with_falling_loss_and_one_compile():
+  """A few steps on a 2-device mesh: finite loss that falls; the step is traced once."""
+  config = shapes_config.get_config("quick")
+  config.optimizer.learning_rate = 3e-3
+  task = get_task(config)
+  # Tracing the loss more than once would mean the jitted step recompiled.
+  task.loss_fn = chex.assert_max_traces(task.loss_fn, n=1)
+  mesh = Mesh(np.asarray(jax.devices()[:2]), (parallel.DATA_AXIS,))
+  # The same two batches over and over: the loss must fall well below its start.
+  _, losses, metrics = _train(task, config, mesh, 10, batch_steps=[0, 1] * 5)
+  assert np.all(np.isfinite(losses)), losses
+  assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses
+  for name in ("rpn_objectness", "rpn_box", "roi_classifier", "roi_box"):
+    assert np.isfinite(float(metrics[name])), name
+
+
+def test_train_and_evaluate_writes_coco_metrics_and_pictures(tmp_path):
+  config = shapes_config.get_config("quick")
+  metrics = trainer.train_and_evaluate(config, str(tmp_path))
+  assert set(EVAL_KEYS) <= set(metrics)
+  for key in EVAL_KEYS:
+    assert -1.0 <= metrics[key] <= 1.0, (key, metrics[key])
+  with open(tmp_path / "metrics.jsonl") as f:
+    lines = [json.loads(line) for line in f]
+  final = [line for line in lines if "eval/AP" in line][-1]
+  assert {f"eval/{key}" for key in EVAL_KEYS} <= set(final)
+  train_lines = [line for line in lines if "train/loss" in line]
+  assert train_lines and all(np.isfinite(line["train/loss"]) for line in train_lines)
+  pictures = os.listdir(tmp_path / "pictures")
+  assert any(name.endswith("detections.png") for name in pictures), pictures
+
+
+def test_predict_returns_padded_detections_and_rejects_bad_images():
+  config = shapes_config.get_config("quick")
+  task = get_task(config)
+  batch = task.train_batch(0)
+  variables = task.init_variables(jax.random.key(0), batch)
+  out = task.predict(variables, batch["image"][:2])
+  max_detections = config.model.max_detections
+  chex.assert_shape(out["boxes"], (2, max_detections, 4))
+  chex.assert_shape([out["scores"], out["classes"], out["valid"]], (2, max_detections))
+  boxes = np.asarray(out["boxes"])
+  assert np.all(boxes[..., 2:] >= boxes[..., :2])
+  assert np.all(boxes >= 0) and np.all(boxes <= config.data.image_size)
+  with pytest.raises(ValueError, match="images must be"):
+    task.predict(variables, batch["image"][:2, :32])
+
+
+def test_unknown_model_field_is_an_error_naming_it():
+  config = shapes_config.get_config("quick")
+  config.model.rpn_nms_treshold = 0.7
+  with pytest.raises(ValueError, match="rpn_nms_treshold"):
+    get_task(config)
+
+
+def test_synthetic_proposals_cover_objects_inside_the_image():
+  boxes = np.array([[10, 20, 40, 60], [50, 50, 60, 62], [0, 0, 0, 0]], np.float32)
+  valid = np.array([True, True, False])
+  proposals, proposal_valid = detection_task.synthetic_proposals(
+      boxes, valid, 64, num_proposals=50, jittered_per_object=10, jitter=0.2,
+      rng=np.random.default_rng(0))
+  assert proposals.shape == (50, 4) and proposal_valid.all()
+  assert np.all(proposals >= 0) and np.all(proposals <= 64)
+  assert np.all(proposals[:, 2:] > proposals[:, :2])
+  iou = np.asarray(ops.box_iou(jnp.asarray(proposals[:20]), jnp.asarray(boxes[:2])))
+  # Each jittered copy overlaps its own object (and is listed in object order).
+  assert np.all(iou[:10, 0] > 0.2) and np.all(iou[10:20, 1] > 0.2)
+
+
+def test_fast_rcnn_mode_trains_and_detects_from_data_proposals():
+  config = shapes_config.get_config("quick")
+  config.model.proposal_source = "data"
+  task = get_task(config)
+  batch = task.train_batch(0)
+  chex.assert_shape(batch["proposals"], (config.batch_size,
+                                         config.data_proposals.num_proposals, 4))
+  mesh = Mesh(np.asarray(jax.devices()[:2]), (parallel.DATA_AXIS,))
+  state, losses, metrics = _train(task, config, mesh, 2)
+  assert "rpn_objectness" not in metrics
+  assert np.all(np.isfinite(losses))
+  eval_batch = next(iter(task.eval_batches("validation")))
+  outputs = jax.jit(task.eval_outputs)(trainer.variables_of(state), eval_batch)
+  chex.assert_shape(outputs["boxes"], (config.batch_size, config.model.max_detections, 4))
+
+
+@pytest.mark.slow
+def test_coco_config_full_size_r50_fpn_one_train_step():
+  """The real R50-FPN at 1024 x 1024 (COCO's input shapes), one step on a fake batch."""
+  config = coco_config.get_config()
+  task = get_task(config)
+  size, max_boxes = config.data.image_size, config.data.max_boxes
+  rng = np.random.default_rng(0)
+  boxes = np.zeros((1, max_boxes, 4), np.float32)
+  boxes[0, :3] = [[100, 120, 400, 500], [600, 50, 900, 300], [20, 700, 90, 760]]
+  batch = {"image": rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8),
+           "boxes": boxes, "labels": np.zeros((1, max_boxes), np.int32),
+           "box_valid": np.arange(max_boxes)[None] < 3,
+           "area": np.zeros((1, max_boxes), np.float32),
+           "is_crowd": np.zeros((1, max_boxes), bool), "image_id": np.zeros((1,), np.int32)}
+  task.validate_batch(batch)
+  mesh = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
+  state, tx = trainer.create_train_state(task, config, mesh, batch)
+  backbone_params = sum(x.size for x in jax.tree.leaves(state["params"]["backbone"]))
+  assert 23e6 < backbone_params < 24e6  # ResNet-50 without its classifier: 23.5M
+  start = time.perf_counter()
+  _, metrics = trainer.make_train_step(task, config, tx, mesh)(
+      state, parallel.global_batch(batch, mesh))
+  assert np.isfinite(float(metrics["loss"]))
+  print(f"COCO R50-FPN one train step (compile + run): {time.perf_counter() - start:.1f} s")
