@@ -29,8 +29,10 @@ def _manager(directory: str, max_to_keep: int | None = None,
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                          read_only=read_only,
                                          enable_async_checkpointing=False)
+  # Handlers named up front, so a fresh process can read metadata before any restore.
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=("state", "config"))
+                               item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                              "config": ocp.JsonCheckpointHandler()})
 
 
 def checkpoint_directory(path: str) -> str:

@@ -20,7 +20,8 @@ Matching and accumulation are our own numpy code, replicating every pycocotools 
   to ``maxDets[-1]`` per image and category. Their ``area`` follows ``COCO.loadRes``, decided
   by the *first* detection: if it has a ``bbox``, every area is ``w * h`` of the box (also for
   ``segm`` and ``keypoints`` results); else if it has a ``segmentation``, the mask area; else
-  the area of the keypoints' extent.
+  the area of the keypoints' extent. In ``segm`` evaluation a box-only result is the box's
+  polygon.
 * Similarity: box IoU computed with the same floating-point operations as pycocotools'
   C code; mask IoU with ``pycocotools.mask.iou``; OKS with per-keypoint sigmas (the 17
   standard COCO ones by default). For a crowd ground truth the union is the detection's area.
@@ -41,19 +42,21 @@ Matching and accumulation are our own numpy code, replicating every pycocotools 
 Speed: detections are grouped by (image, category) with sorts, all similarities of a group
 computed at once, and only detections with a similarity ``>=`` the lowest threshold enter
 the sequential greedy step, which then runs for all groups, thresholds and area ranges at
-once (one numpy step per detection rank). Accumulation is cumulative sums and searches on
-integer match counts, exact and vectorized over thresholds, area ranges and categories.
+once (one numpy step per detection rank). Accumulation works on the list of true
+positives (precision can only rise at one, and the first detection reaching a recall
+threshold is a true positive), with integer counts, exactly and vectorized over
+thresholds, area ranges and categories (see ``_accumulate``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from jaxvision.tasks.base import Evaluator
+from jaxvision.evaluation.base import Evaluator
 
 IOU_TYPES = ("bbox", "segm", "keypoints")
 
@@ -614,11 +617,6 @@ def _accumulate(params: CocoParams, det_category: np.ndarray, det_image: np.ndar
     segment_start = np.searchsorted(category, np.arange(num_categories))
     segment_end = np.searchsorted(category, np.arange(num_categories), "right")
     selected_state = state[:, :, selected]  # [T, A, N]
-    is_counted = selected_state != _IGNORED
-    counted = np.cumsum(is_counted, axis=-1, dtype=np.int32)  # tp + fp up to each position
-    # Count before each row's first detection (rows without detections have no tp).
-    first = np.minimum(segment_start, num_dets - 1)
-    row_counted_before = (counted[..., first] - is_counted[..., first]).ravel()
 
     # True positives in row order; their number ``c`` (1-based) inside their row.
     tp_position = np.flatnonzero(selected_state == _TRUE_POSITIVE)
@@ -627,8 +625,13 @@ def _accumulate(params: CocoParams, det_category: np.ndarray, det_image: np.ndar
     row_tp_count = np.bincount(tp_row, minlength=np.prod(rows_shape))
     row_tp_start = np.cumsum(row_tp_count) - row_tp_count
     tp_number = np.arange(len(tp_row)) - row_tp_start[tp_row] + 1
+    # fp at a true positive = detections of its row so far - ignored ones - true positives.
+    ignored_position = np.flatnonzero(selected_state == _IGNORED)
+    row_first_position = tp_slice * num_dets + segment_start[category[tp_det]]
+    ignored_so_far = (np.searchsorted(ignored_position, tp_position, "right")
+                      - np.searchsorted(ignored_position, row_first_position, "left"))
     tp = tp_number.astype(np.float64)
-    fp = (counted.ravel()[tp_position] - row_counted_before[tp_row] - tp_number).astype(np.float64)
+    fp = (tp_position - row_first_position + 1 - ignored_so_far - tp_number).astype(np.float64)
     pr = tp / (fp + tp + np.spacing(1))
 
     row_tp_count, row_tp_start = row_tp_count.reshape(rows_shape), row_tp_start.reshape(rows_shape)
@@ -648,7 +651,7 @@ def _accumulate(params: CocoParams, det_category: np.ndarray, det_image: np.ndar
                      min_count <= row_tp_count[..., None])
     det_at = np.where(min_count == 0, segment_start[None, None, :, None],
                       np.r_[tp_det, 0][np.minimum(first_tp, len(tp_det))])
-    scores[m] = np.where(found, np.r_[score[selected], 0.0][np.where(found, det_at, num_dets)], 0)
+    scores[m] = np.r_[score[selected], 0.0][np.where(found, det_at, num_dets)]  # 0 if not found
   # Settings without regular gt are -1 (pycocotools skips them).
   undefined = (num_regular_gt == 0).T[None, None, :, :]  # [1, 1, A, K]
   recall[np.broadcast_to(undefined, recall.shape)] = -1

@@ -4,8 +4,9 @@
 batch-sharded inputs XLA sums the per-device partial counts itself, so the same call works
 on one device or a pod (with the project's mesh, ``parallel.make_mesh``, whose axes are
 ``Auto``; under a mesh with ``Explicit`` axes JAX asks for an explicit output sharding of
-the scatter, so reshard the inputs or call it inside ``shard_map`` and ``psum``). ``segmentation_metrics`` turns accumulated counts into the usual
-numbers, and ``SegmentationEvaluator`` accumulates them over an evaluation split.
+the scatter, so reshard the inputs or call it inside ``shard_map`` and ``psum``).
+``segmentation_metrics`` turns accumulated counts into the usual numbers, and
+``SegmentationEvaluator`` accumulates them over an evaluation split.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision.tasks.base import Evaluator
+from jaxvision.evaluation.base import Evaluator
 
 
 def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,

@@ -2,9 +2,10 @@
 
 The classic single-object setup: a shared backbone, a small shared neck, and two linear
 heads reading the same neck features, one for class logits and one for the normalized box
-``(x1, y1, x2, y2) / size``. The neck concatenates the globally pooled C5 (translation
-invariant: what the object is) with an FC layer on the flattened, channel-reduced C5
-(which keeps the spatial layout: where it is).
+``(x1, y1, x2, y2) / size``. The neck concatenates the global max of C5 (translation
+invariant, and not diluted by the background around a small object: what the object is)
+with an FC layer on the flattened, channel-reduced C5 (which keeps the spatial layout:
+where it is).
 Multitask regularizers act on the stacked head matrix ``W = [W_class | W_box]``.
 """
 
@@ -37,7 +38,7 @@ class ClassifyLocalize(nn.Module):
         images, train)
     x = nn.relu(nn.Conv(self.neck_channels, (1, 1), name="neck_reduce")(features["C5"]))
     x = nn.relu(nn.Dense(self.hidden, name="neck_fc")(x.reshape(x.shape[0], -1)))
-    x = jnp.concatenate([features["pooled"], x], axis=-1)
+    x = jnp.concatenate([jnp.max(features["C5"], axis=(1, 2)), x], axis=-1)
     logits = nn.Dense(self.num_classes, name="class_head")(x)
     # Start from a centred box covering a quarter of the image, so early box losses are small.
     boxes = nn.Dense(4, name="box_head", kernel_init=nn.initializers.zeros,

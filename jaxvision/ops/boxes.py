@@ -42,19 +42,31 @@ def box_area(boxes: chex.Array) -> chex.Array:
   return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
-def pairwise_intersection_and_union(boxes1: chex.Array, boxes2: chex.Array):
+def pairwise_intersection_and_union(boxes1: chex.Array, boxes2: chex.Array,
+                                    area1: chex.Array | None = None,
+                                    area2: chex.Array | None = None):
   """Pairwise intersection and union areas, ``[N, 4] x [M, 4] -> ([N, M], [N, M])``.
 
-  The arithmetic (``inter / (area1 + area2 - inter)`` in the boxes' dtype) is the one
-  torchvision's NMS kernel uses, so thresholded IoUs agree with it bit for bit.
+  The arithmetic is torchvision's: ``union = (area1 + area2) - inter`` in the boxes' dtype.
+  To reproduce its rounding bit for bit, pass areas computed outside the surrounding fused
+  computation (e.g. before a loop): XLA would otherwise fuse an area's product into the
+  addition (a multiply-add, rounded once instead of twice).
+
+  Args:
+    boxes1: ``[N, 4]``.
+    boxes2: ``[M, 4]``.
+    area1: optional precomputed ``box_area(boxes1)``, ``[N]``.
+    area2: optional precomputed ``box_area(boxes2)``, ``[M]``.
   """
+  area1 = box_area(boxes1) if area1 is None else area1
+  area2 = box_area(boxes2) if area2 is None else area2
   # Per-coordinate [N, 1] x [1, M] operands keep the [N, M] loops contiguous (vectorizable).
   x1a, y1a, x2a, y2a = (boxes1[:, i, None] for i in range(4))
   x1b, y1b, x2b, y2b = (boxes2[None, :, i] for i in range(4))
   width = jnp.maximum(jnp.minimum(x2a, x2b) - jnp.maximum(x1a, x1b), 0)
   height = jnp.maximum(jnp.minimum(y2a, y2b) - jnp.maximum(y1a, y1b), 0)
   inter = width * height
-  union = (x2a - x1a) * (y2a - y1a) + (x2b - x1b) * (y2b - y1b) - inter
+  union = area1[:, None] + area2[None, :] - inter
   return inter, union
 
 

@@ -131,13 +131,14 @@ def sample_balanced(
     raise ValueError(f"num_samples must be a positive int; got {num_samples!r}.")
   if not 0.0 <= positive_fraction <= 1.0:
     raise ValueError(f"positive_fraction must be in [0, 1]; got {positive_fraction}.")
+  labels = jnp.asarray(labels)
   num_anchors = labels.shape[0]
   is_positive = labels == POSITIVE
   is_negative = labels == NEGATIVE
   if valid is not None:
     chex.assert_shape(valid, (num_anchors,))
-    is_positive &= valid
-    is_negative &= valid
+    is_positive &= jnp.asarray(valid, bool)
+    is_negative &= jnp.asarray(valid, bool)
   max_positives = int(num_samples * positive_fraction)
   positive_key, negative_key = jax.random.split(rng)
   positive_mask = _draw(positive_key, is_positive, min(max_positives, num_anchors),

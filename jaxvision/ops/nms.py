@@ -18,7 +18,7 @@ float32 with the threshold compared as the double torchvision receives, so kept 
 their order agree with ``torchvision.ops.nms`` exactly.
 
 Speed: on CPU, XLA compiles a ``while_loop`` whose body touches under ~1 kB into one kernel
-(no per-op dispatch), so CPU uses tiny tiles (16 boxes against windows of 32 kept boxes),
+(no per-op dispatch), so CPU uses tiny tiles (16 boxes against windows of 16 kept boxes),
 and runs a vmapped batch as a loop over images. Accelerators use 256-box tiles and plain
 ``vmap`` batching.
 """
@@ -36,7 +36,7 @@ import numpy as np
 from jaxvision.ops import boxes as box_ops
 
 # (tile, window) sizes: boxes processed per step, kept boxes compared per inner step.
-_CPU_BLOCKS = (16, 32)
+_CPU_BLOCKS = (16, 16)
 _ACCELERATOR_BLOCKS = (256, 256)
 
 
@@ -52,10 +52,15 @@ def _threshold_as_float32_bound(iou_threshold: float) -> np.float32:
   return bound
 
 
-def _suppresses(boxes_a: chex.Array, class_a: chex.Array | None, boxes_b: chex.Array,
+def _suppresses(rows_a: chex.Array, class_a: chex.Array | None, rows_b: chex.Array,
                 class_b: chex.Array | None, threshold: chex.Array) -> chex.Array:
-  """``[A, 4] x [B, 4] -> bool[A, B]``: IoU > threshold (and same class when given)."""
-  inter, union = box_ops.pairwise_intersection_and_union(boxes_a, boxes_b)
+  """``[A, 5] x [B, 5] -> bool[A, B]``: IoU > threshold (and same class when given).
+
+  Rows are ``(x1, y1, x2, y2, area)``, the area precomputed outside the loops (see
+  ``boxes.pairwise_intersection_and_union``).
+  """
+  inter, union = box_ops.pairwise_intersection_and_union(
+      rows_a[:, :4], rows_b[:, :4], rows_a[:, 4], rows_b[:, 4])
   # A plain division: 0/0 (two empty boxes) is NaN and never suppresses, as in torchvision.
   suppress = inter / union > threshold
   if class_a is not None:
@@ -113,18 +118,22 @@ def _greedy_nms_one_image(boxes, scores, class_ids, candidate, threshold, *, max
   padded = num_tiles * tile
   pad = padded - num_boxes
 
-  keys = [(~candidate).astype(jnp.int32)]
-  if class_ids is not None:
-    keys.append(class_ids)
-  keys.append(-scores)
-  *_, order = jax.lax.sort((*keys, jnp.arange(num_boxes, dtype=jnp.int32)),
-                           num_keys=len(keys), is_stable=True)
-  sorted_boxes = jnp.pad(boxes[order], ((0, pad), (0, 0)))
+  if class_ids is None:
+    # top_k is XLA's fastest stable descending order (ties: lower index first).
+    _, order = jax.lax.top_k(jnp.where(candidate, scores, -jnp.inf), num_boxes)
+  else:
+    *_, order = jax.lax.sort(
+        ((~candidate).astype(jnp.int32), class_ids, -scores,
+         jnp.arange(num_boxes, dtype=jnp.int32)), num_keys=3, is_stable=True)
+  # Areas once, outside the loops, so they are loaded (not fused) where IoUs are computed.
+  rows = jnp.concatenate([boxes, box_ops.box_area(boxes)[:, None]], axis=1)
+  sorted_boxes = jnp.pad(rows[order], ((0, pad), (0, 0)))
   sorted_candidate = jnp.pad(candidate[order], (0, pad))
   sorted_class = None if class_ids is None else jnp.pad(class_ids[order], (0, pad))
   sorted_index = jnp.pad(order, (0, pad))
-  num_candidates = jnp.sum(candidate, dtype=jnp.int32)
-  tiles_to_process = (num_candidates + tile - 1) // tile
+  # Normally candidates come first; a candidate scored -inf can sort among the others.
+  last_candidate = jnp.max(jnp.where(sorted_candidate, jnp.arange(padded), -1))
+  tiles_to_process = (last_candidate + tile) // tile
 
   # Room for every kept box plus one tile-sized write past the last one.
   max_kept = min(padded, max_output_size + tile) if stop_at_max_output else padded
@@ -134,7 +143,7 @@ def _greedy_nms_one_image(boxes, scores, class_ids, candidate, threshold, *, max
   def process_tile(state):
     tile_index, count, kept_boxes, kept_class, kept_index = state
     start = tile_index * tile
-    tile_boxes = jax.lax.dynamic_slice_in_dim(sorted_boxes, start, tile)
+    tile_boxes = jax.lax.dynamic_slice_in_dim(sorted_boxes, start, tile)  # [tile, 5]
     tile_class = (None if sorted_class is None
                   else jax.lax.dynamic_slice_in_dim(sorted_class, start, tile))
     tile_index_in_input = jax.lax.dynamic_slice_in_dim(sorted_index, start, tile)
@@ -189,7 +198,7 @@ def _greedy_nms_one_image(boxes, scores, class_ids, candidate, threshold, *, max
       more &= count < max_output_size
     return more
 
-  initial = (jnp.int32(0), jnp.int32(0), jnp.zeros((capacity, 4), boxes.dtype),
+  initial = (jnp.int32(0), jnp.int32(0), jnp.zeros((capacity, 5), boxes.dtype),
              None if class_ids is None else jnp.zeros((capacity,), jnp.int32),
              jnp.full((capacity,), -1, jnp.int32))
   _, count, _, _, kept_index = jax.lax.while_loop(more_tiles, process_tile, initial)
@@ -232,7 +241,7 @@ def _greedy_nms(boxes, scores, class_ids, candidate, threshold, max_output_size)
   def on_cpu(*args):
     one_image = functools.partial(_greedy_nms_one_image, max_output_size=max_output_size,
                                   blocks=_CPU_BLOCKS)
-    return _loop_over_batch_under_vmap(one_image)(*args)
+    return one_image(*args)
 
   def on_accelerator(*args):
     return _greedy_nms_one_image(*args, max_output_size=max_output_size,

@@ -11,9 +11,11 @@ Implementation: the sample grid of a box is separable, so each output bin is a w
 sum of ``(2 * sampling_ratio)**2`` feature vectors (two bilinear taps per sample per axis).
 All levels, boxes and taps read from one flattened ``[sum(H_l * W_l), C]`` feature table
 with contiguous channel vectors (NHWC), so the op is a handful of fused gathers plus
-multiply-adds, with no per-box loop. Sample coordinates can differ from torchvision's in
-the last bit (XLA may fuse a multiply-add), which moves outputs by ~1e-6 relative to the
-features' local variation.
+multiply-adds, with no per-box loop. Sample coordinates are computed with torchvision's
+float32 operations in its order, guarded against two XLA rewrites that round differently
+(a multiply fused into the following add; division by a constant turned into
+multiplication by its reciprocal), so they agree bit for bit whenever the spatial scale is
+a power of two (1 / stride); outputs then differ only by summation order (~1e-7).
 """
 
 from __future__ import annotations
@@ -35,6 +37,30 @@ def _check_static_args(output_size, sampling_ratio):
         f"sampling_ratio must be a positive int (samples per bin per axis); got "
         f"{sampling_ratio!r}. torchvision's adaptive sampling_ratio<=0 gives data-dependent "
         "shapes; use a fixed value such as 2.")
+
+
+def _exact_multiple(count, value):
+  """``count * value`` rounded once, even where XLA fuses the product into a following add.
+
+  XLA's CPU and GPU compilers contract ``a * b + c`` into a fused multiply-add, which skips
+  the rounding of ``a * b`` that torchvision's kernel performs. Splitting ``value`` into two
+  halves of 12 significant bits makes both partial products exact for integer ``count <
+  2**12``, so however the sum is contracted it is the correctly rounded product.
+  """
+  bits = jax.lax.bitcast_convert_type(value, jnp.uint32)
+  high = jax.lax.bitcast_convert_type(bits & jnp.uint32(0xFFFFF000), value.dtype)
+  return count * high + count * (value - high)
+
+
+def _exact_quotient(numerator, denominator: int):
+  """``numerator / denominator`` as an IEEE division.
+
+  XLA rewrites division by a constant (or a broadcast scalar) into multiplication by its
+  reciprocal, which rounds differently from torchvision's division; a full-shaped divisor
+  that XLA cannot fold keeps the division.
+  """
+  divisor = jnp.where(jnp.isnan(numerator), 1, denominator).astype(numerator.dtype)
+  return numerator / divisor
 
 
 def _bilinear_taps(low_edge, high_edge, spatial_scale, size, num_bins, sampling_ratio,
@@ -60,12 +86,13 @@ def _bilinear_taps(low_edge, high_edge, spatial_scale, size, num_bins, sampling_
   length = end - start
   if not aligned:
     length = jnp.maximum(length, 1.0)  # torchvision forces malformed RoIs to 1 x 1
-  bin_size = length / num_bins
+  bin_size = _exact_quotient(length, num_bins)
   bin_index = jnp.arange(num_bins, dtype=start.dtype)[:, None]
   sample_offset = (jnp.arange(sampling_ratio, dtype=start.dtype) + 0.5)[None, :]
-  # Same operation order as torchvision: start + b * bin + (i + .5) * bin / ratio.
-  coord = (start[:, None, None] + bin_index * bin_size[:, None, None]
-           + sample_offset * bin_size[:, None, None] / sampling_ratio)
+  # Same operations as torchvision: (start + b * bin) + ((i + .5) * bin) / ratio.
+  bin_size = bin_size[:, None, None]
+  coord = (start[:, None, None] + _exact_multiple(bin_index, bin_size)
+           + _exact_quotient(sample_offset * bin_size, sampling_ratio))
   coord = coord.reshape(coord.shape[0], num_bins * sampling_ratio)
   size = size[:, None]
   inside = (coord >= -1.0) & (coord <= size)
@@ -93,10 +120,12 @@ def _roi_align_from_table(table, boxes, level_start, level_height, level_width,
     output_size, sampling_ratio, aligned: static, see ``roi_align``.
 
   Returns:
-    ``[K, out_h, out_w, C]``.
+    ``[K, out_h, out_w, C]`` in the table's dtype (coordinates and sums in float32).
   """
   out_h, out_w = output_size
   num_boxes = boxes.shape[0]
+  boxes = boxes.astype(jnp.float32)
+  spatial_scale = spatial_scale.astype(jnp.float32)
   y_index, y_weight = _bilinear_taps(boxes[:, 1], boxes[:, 3], spatial_scale, level_height,
                                      out_h, sampling_ratio, aligned)
   x_index, x_weight = _bilinear_taps(boxes[:, 0], boxes[:, 2], spatial_scale, level_width,
@@ -110,13 +139,13 @@ def _roi_align_from_table(table, boxes, level_start, level_height, level_width,
   inverse_count = 1.0 / (sampling_ratio * sampling_ratio)
 
   # One fused gather-multiply-add per (y tap, x tap) pair: [K, out_h, out_w, C] each.
-  output = jnp.zeros((num_boxes, out_h, out_w, table.shape[1]), table.dtype)
+  output = jnp.zeros((num_boxes, out_h, out_w, table.shape[1]), jnp.float32)
   for y_tap in range(y_index.shape[-1]):
     for x_tap in range(x_index.shape[-1]):
       rows = row_start[:, :, None, y_tap] + x_index[:, None, :, x_tap]
       weight = (y_weight[:, :, None, y_tap] * x_weight[:, None, :, x_tap]) * inverse_count
       output += weight[..., None] * jnp.take(table, rows, axis=0, mode="clip")
-  return output
+  return output.astype(table.dtype)
 
 
 def roi_align(
@@ -149,9 +178,8 @@ def roi_align(
   num_boxes = boxes.shape[0]
   per_box = lambda value: jnp.full((num_boxes,), value)
   return _roi_align_from_table(
-      features.reshape(height * width, channels), boxes.astype(features.dtype),
-      per_box(0), per_box(height), per_box(width), per_box(spatial_scale).astype(features.dtype),
-      tuple(output_size), sampling_ratio, aligned)
+      features.reshape(height * width, channels), boxes, per_box(0), per_box(height),
+      per_box(width), per_box(spatial_scale), tuple(output_size), sampling_ratio, aligned)
 
 
 def fpn_level_index(
@@ -216,15 +244,14 @@ def multilevel_roi_align(
   chex.assert_equal_shape(list(features), dims=2)
   chex.assert_rank(boxes, 2)
   chex.assert_axis_dimension(boxes, 1, 4)
-  dtype = features[0].dtype
   max_level = min_level + len(features) - 1
   level = fpn_level_index(boxes, min_level, max_level, canonical_scale, canonical_level)
   heights = jnp.array([f.shape[0] for f in features], jnp.int32)
   widths = jnp.array([f.shape[1] for f in features], jnp.int32)
   starts = jnp.cumsum(heights * widths) - heights * widths
-  scales = jnp.array([2.0**-l for l in range(min_level, max_level + 1)], dtype)
+  scales = jnp.array([2.0**-l for l in range(min_level, max_level + 1)], jnp.float32)
   table = jnp.concatenate([f.reshape(-1, f.shape[-1]) for f in features], axis=0)
-  return _roi_align_from_table(table, boxes.astype(dtype), starts[level], heights[level],
+  return _roi_align_from_table(table, boxes, starts[level], heights[level],
                                widths[level], scales[level], tuple(output_size),
                                sampling_ratio, aligned)
 
@@ -269,7 +296,7 @@ def crop_and_resize_masks(
   per_box = lambda value: jnp.full((num_boxes,), value)
   table = masks.astype(jnp.float32).reshape(num_masks * height * width, 1)
   pooled = _roi_align_from_table(
-      table, boxes.astype(jnp.float32), mask_index * (height * width), per_box(height),
+      table, boxes, mask_index * (height * width), per_box(height),
       per_box(width), per_box(1.0), output_size, sampling_ratio, aligned)
   return pooled[..., 0]
 

@@ -1,4 +1,5 @@
 """Experiment families, looked up by ``config.task``."""
 
 from jaxvision.tasks import classify_localize
+from jaxvision.tasks import detection
 from jaxvision.tasks.base import Evaluator, Task, get_task, register

@@ -21,20 +21,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxvision.evaluation.base import Evaluator
+
 Batch = Mapping[str, Any]
 Metrics = dict[str, jax.Array]
-
-
-class Evaluator(abc.ABC):
-  """Accumulates host-side (numpy) model outputs over a split, then reduces them."""
-
-  @abc.abstractmethod
-  def add(self, outputs: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> None:
-    """Adds one global batch. Rows with ``batch["example_mask"] == False`` are padding."""
-
-  @abc.abstractmethod
-  def result(self) -> dict[str, float]:
-    """Metric name (without the ``eval/`` prefix) -> value."""
 
 
 class Task(abc.ABC):

@@ -1,5 +1,7 @@
 """PR-curve and reliability-diagram PNGs (jaxvision.viz) from evaluation results."""
 
+import pathlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -36,8 +38,8 @@ def test_pr_curves_png(tmp_path):
     assert image.format == "PNG" and image.width > 200
     assert len(np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)) > 10
   # A raw precision array is read with pycocotools' default thresholds, like the result.
-  assert open(from_result, "rb").read() == open(from_array, "rb").read()
-  assert open(from_result, "rb").read() != open(at_75, "rb").read()
+  assert pathlib.Path(from_result).read_bytes() == pathlib.Path(from_array).read_bytes()
+  assert pathlib.Path(from_result).read_bytes() != pathlib.Path(at_75).read_bytes()
   with pytest.raises(ValueError, match="not one of the evaluated thresholds"):
     viz.plot_pr_curves(result, names, str(tmp_path / "x.png"), iou_threshold=0.52)
   with pytest.raises(ValueError, match="category_names"):
@@ -54,4 +56,4 @@ def test_reliability_diagram_png(tmp_path):
   other = viz.plot_reliability_diagram(calibrated, str(tmp_path / "calibrated.png"))
   with Image.open(path) as image:
     assert image.format == "PNG" and image.width > 200
-  assert open(path, "rb").read() != open(other, "rb").read()
+  assert pathlib.Path(path).read_bytes() != pathlib.Path(other).read_bytes()

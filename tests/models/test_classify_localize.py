@@ -37,7 +37,7 @@ def test_heads_share_the_neck_and_stack_into_w():
   out = model.apply(variables, jnp.zeros((3, 64, 64, 3)), train=False)
   chex.assert_shape(out["logits"], (3, 6))
   chex.assert_shape(out["boxes"], (3, 4))
-  # Neck features: pooled C5 (8 * 8 channels for resnet_tiny) + the 16-unit FC.
+  # Neck features: max-pooled C5 (8 * 8 channels for resnet_tiny) + the 16-unit FC.
   chex.assert_shape(stacked_head_weights(variables["params"]), (64 + 16, 10))
 
 

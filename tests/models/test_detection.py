@@ -148,3 +148,116 @@ def test_rpn_loss_matches_torchvision_compute_loss():
       list(torch.from_numpy(objectness)), list(torch.from_numpy(box_targets)))
   np.testing.assert_allclose(losses["rpn_objectness"], want_objectness.item(), rtol=1e-5)
   np.testing.assert_allclose(losses["rpn_box"], want_box.item(), rtol=1e-5)
+
+
+RPN_SETTINGS = dict(foreground_iou=0.7, background_iou=0.3, samples_per_image=64,
+                    positive_fraction=0.5)
+ROI_SETTINGS = dict(foreground_iou=0.5, background_iou=0.5, samples_per_image=24,
+                    positive_fraction=0.25, box_weights=(10.0, 10.0, 5.0, 5.0))
+
+
+def _anchors():
+  """Anchors of a 64 x 64 image on P2..P4 (strides 4, 8, 16), concatenated."""
+  levels = detection.level_anchors([(16, 16), (8, 8), (4, 4)], [4, 8, 16], (8.0, 16.0, 32.0),
+                                   (0.5, 1.0, 2.0))
+  assert [len(a) for a in levels] == [768, 192, 48]
+  return jnp.concatenate(levels)
+
+
+def test_rpn_targets_gt_equal_to_an_anchor_is_positive_with_zero_deltas():
+  anchors = _anchors()
+  chosen = 800  # an anchor of the second level
+  gt_boxes = jnp.stack([anchors[chosen], jnp.array([2.0, 3.0, 30.0, 20.0]), jnp.zeros(4)])
+  gt_valid = jnp.array([True, True, False])
+  targets = jax.jit(functools.partial(detection.rpn_targets, **RPN_SETTINGS))(
+      anchors, gt_boxes, gt_valid, jax.random.key(0))
+  assert targets["objectness"][chosen] == 1
+  assert targets["sampled"][chosen]  # few positives: all of them are sampled
+  np.testing.assert_array_equal(targets["box_targets"][chosen], np.zeros(4))
+  assert int(targets["sampled"].sum()) == RPN_SETTINGS["samples_per_image"]
+  positives = np.asarray(targets["objectness"] == 1)
+  assert 2 <= positives.sum() <= RPN_SETTINGS["samples_per_image"] // 2
+  # Every positive is regressed towards a real object, never towards the padding slot.
+  decoded = ops.decode_boxes(targets["box_targets"][positives], anchors[positives])
+  iou = np.asarray(ops.box_iou(decoded, gt_boxes[:2]))
+  np.testing.assert_allclose(iou.max(axis=1), 1.0, rtol=1e-5)
+
+
+def test_rpn_targets_without_gt_are_all_negative_with_finite_loss():
+  anchors = _anchors()
+  targets = detection.rpn_targets(anchors, jnp.zeros((3, 4)), jnp.zeros(3, bool),
+                                  jax.random.key(1), **RPN_SETTINGS)
+  assert not np.any(targets["objectness"])
+  assert int(targets["sampled"].sum()) == RPN_SETTINGS["samples_per_image"]
+  batched = jax.tree.map(lambda x: x[None], targets)
+  losses = detection.rpn_loss(jax.random.normal(jax.random.key(2), (1, len(anchors))),
+                              jnp.ones((1, len(anchors), 4)), batched, beta=1 / 9)
+  assert np.isfinite(float(losses["rpn_objectness"])) and float(losses["rpn_objectness"]) > 0
+  assert float(losses["rpn_box"]) == 0.0
+
+
+def test_roi_targets_add_gt_boxes_as_perfect_positives():
+  gt_boxes = jnp.array([[4.0, 6.0, 30.0, 40.0], [40.0, 8.0, 60.0, 20.0], [0.0, 0.0, 0.0, 0.0]])
+  gt_labels = jnp.array([3, 0, 0])
+  gt_valid = jnp.array([True, True, False])
+  # Only background proposals (and two padding slots): the gt boxes are the only positives.
+  proposals = jnp.array([[0.0, 44.0, 10.0, 60.0]] * 28 + [[0.0, 0.0, 1.0, 1.0]] * 2)
+  proposal_valid = jnp.arange(30) < 28
+  targets = jax.jit(functools.partial(detection.roi_targets, **ROI_SETTINGS))(
+      proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, jax.random.key(0))
+  chex.assert_shape(targets["rois"], (ROI_SETTINGS["samples_per_image"], 4))
+  assert int(targets["valid"].sum()) == ROI_SETTINGS["samples_per_image"]
+  foreground = np.asarray(targets["classes"] > 0)
+  assert foreground.sum() == 2
+  np.testing.assert_array_equal(np.sort(targets["classes"][foreground]), [1, 4])  # label + 1
+  np.testing.assert_array_equal(targets["box_targets"][foreground], np.zeros((2, 4)))
+  np.testing.assert_allclose(np.sort(np.asarray(targets["rois"][foreground])[:, 0]), [4, 40])
+
+
+def test_roi_targets_without_gt_are_background_with_finite_loss():
+  proposals = _random_boxes(np.random.default_rng(4), 30, 50)
+  targets = detection.roi_targets(jnp.asarray(proposals), jnp.ones(30, bool), jnp.zeros((3, 4)),
+                                  jnp.zeros(3, jnp.int32), jnp.zeros(3, bool),
+                                  jax.random.key(1), **ROI_SETTINGS)
+  assert not np.any(targets["classes"])
+  assert int(targets["valid"].sum()) == ROI_SETTINGS["samples_per_image"]
+  batched = jax.tree.map(lambda x: x[None], targets)
+  samples = ROI_SETTINGS["samples_per_image"]
+  losses = detection.box_head_loss(jnp.zeros((1, samples, 4)), jnp.ones((1, samples, 4, 4)),
+                                   batched, beta=1 / 9)
+  np.testing.assert_allclose(losses["roi_classifier"], np.log(4), rtol=1e-6)
+  assert float(losses["roi_box"]) == 0.0
+
+
+TINY_MODEL = dict(num_classes=3, backbone="resnet_tiny", fpn_channels=8,
+                  anchor_sizes=(8.0, 16.0, 32.0, 64.0, 128.0), rpn_post_nms_top_n_train=20,
+                  rpn_post_nms_top_n_test=20, roi_samples_per_image=16, box_head_hidden=16)
+
+
+def test_faster_rcnn_rejects_backbone_without_stride_four_features():
+  model = detection.FasterRCNN(**{**TINY_MODEL, "backbone_kwargs": {"stem": "small"}})
+  with pytest.raises(ValueError, match="stem='imagenet'"):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+
+
+def test_fast_rcnn_mode_requires_proposals_and_has_no_rpn():
+  model = detection.FasterRCNN(**{**TINY_MODEL, "proposal_source": "data"})
+  images = jnp.zeros((1, 64, 64, 3))
+  with pytest.raises(ValueError, match="proposal_valid"):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+  proposals = jnp.array([[[4.0, 4.0, 30.0, 30.0]] * 20])
+  variables = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), images, train=False, proposals=proposals,
+      proposal_valid=jnp.ones((1, 20), bool)))
+  assert "rpn_head" not in variables["params"]
+
+
+def test_roi_samples_beyond_candidates_is_an_error():
+  model = detection.FasterRCNN(**{**TINY_MODEL, "roi_samples_per_image": 64})
+  images = jnp.zeros((1, 64, 64, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+  with pytest.raises(ValueError, match="roi_samples_per_image=64"):
+    jax.eval_shape(lambda v: model.apply(
+        v, images, train=True, gt_boxes=jnp.zeros((1, 2, 4)),
+        gt_labels=jnp.zeros((1, 2), jnp.int32), gt_valid=jnp.zeros((1, 2), bool),
+        rngs={"sampling": jax.random.key(0)}, mutable=["batch_stats"]), variables)

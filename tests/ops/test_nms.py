@@ -4,6 +4,8 @@ Compilations dominate the runtime, so most cases share one static shape (``_PADD
 boxes, smaller sets padded with ``valid=False``), which also exercises the padding path.
 """
 
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -18,8 +20,9 @@ _THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 1.0)
 
 
 def reference_nms(boxes, scores, iou_threshold, class_ids=None):
-  """torchvision's CPU kernel, transcribed: float32 IoU, threshold compared as a double."""
-  boxes = np.asarray(boxes, np.float32)
+  """torchvision's CPU kernel, transcribed: IoU in the boxes' dtype (float32 unless given
+  float64), threshold compared as a double."""
+  boxes = np.asarray(boxes)
   scores = np.asarray(scores, np.float32)
   x1, y1, x2, y2 = boxes.T
   areas = (x2 - x1) * (y2 - y1)
@@ -29,8 +32,8 @@ def reference_nms(boxes, scores, iou_threshold, class_ids=None):
     if suppressed[i]:
       continue
     keep.append(i)
-    width = np.maximum(np.float32(0), np.minimum(x2[i], x2) - np.maximum(x1[i], x1))
-    height = np.maximum(np.float32(0), np.minimum(y2[i], y2) - np.maximum(y1[i], y1))
+    width = np.maximum(0, np.minimum(x2[i], x2) - np.maximum(x1[i], x1)).astype(boxes.dtype)
+    height = np.maximum(0, np.minimum(y2[i], y2) - np.maximum(y1[i], y1)).astype(boxes.dtype)
     inter = width * height
     with np.errstate(invalid="ignore", divide="ignore"):
       iou = inter / (areas[i] + areas - inter)
@@ -124,15 +127,12 @@ def test_no_boxes_and_all_padding():
   assert not np.asarray(nms(boxes_p, scores_p, 0.5, _PADDED, valid=valid)[1]).any()
 
 
-def test_max_output_size_truncates_and_pads():
+def test_max_output_size_truncates():
   rng = np.random.default_rng(1)
   boxes, scores = random_boxes(rng, _PADDED), rng.random(_PADDED).astype(np.float32)
   expected = reference_nms(boxes, scores, 0.5)
   assert len(expected) > 40
   np.testing.assert_array_equal(kept(nms(boxes, scores, 0.5, 40)), expected[:40])
-  indices, valid = nms(boxes[:30], scores[:30], 0.5, 40)
-  np.testing.assert_array_equal(np.asarray(indices)[np.asarray(valid)],
-                                reference_nms(boxes[:30], scores[:30], 0.5))
 
 
 def test_score_threshold_and_valid_mask():
@@ -182,11 +182,58 @@ def test_batched_nms_matches_per_class_loop():
     np.testing.assert_array_equal(got, expected, err_msg=f"threshold {threshold}")
 
 
+def boundary_pairs(rng, num_pairs):
+  """Pairs of boxes whose IoU is within a few float32 ulps of 0.5 (second box shifted by
+  about a third of its width), where every rounding step decides keep or suppress."""
+  corner = rng.uniform(0, 500, (num_pairs, 2))
+  size = rng.uniform(5, 300, (num_pairs, 2))
+  first = np.concatenate([corner, corner + size], 1).astype(np.float32)
+  shift = (first[:, 2] - first[:, 0]) / np.float32(3)
+  shift *= 1 + rng.integers(-3, 4, num_pairs) * np.float32(6e-8)
+  second = first + np.stack([shift, np.zeros_like(shift)] * 2, 1)
+  return np.stack([first, second], 1).reshape(-1, 4).astype(np.float32)
+
+
+def test_rounding_at_the_threshold_follows_torchvision_arithmetic():
+  rng = np.random.default_rng(8)
+  boxes = boundary_pairs(rng, _PADDED // 2)
+  scores = rng.random(_PADDED).astype(np.float32)
+  pair_ids = np.arange(_PADDED) // 2  # pairs never interact
+  expected = reference_nms(boxes, scores, 0.5, pair_ids)
+  # The float32 decisions differ from exact (float64) ones for many pairs: sensitive test.
+  exact = reference_nms(boxes.astype(np.float64), scores, 0.5, pair_ids)
+  assert len(np.setxor1d(expected, exact)) > 5
+  got = kept(batched_nms(boxes, scores, pair_ids, 0.5, _PADDED, valid=np.ones(_PADDED, bool)))
+  np.testing.assert_array_equal(got, expected)
+
+
 def test_batched_nms_is_per_class():
   boxes = np.array([[0, 0, 10, 10]] * 4, np.float32)
   scores = np.array([0.1, 0.4, 0.3, 0.2], np.float32)
-  got = kept(batched_nms(boxes, scores, np.array([0, 1, 0, 1]), 0.5, 4))
+  boxes_p, scores_p, valid = padded(boxes, scores)
+  class_ids = np.resize([0, 1], _PADDED)
+  got = kept(batched_nms(boxes_p, scores_p, class_ids, 0.5, _PADDED, valid=valid))
   np.testing.assert_array_equal(got, [1, 2])
+
+
+def test_accelerator_block_sizes_agree():
+  """The GPU/TPU configuration (large tiles, lockstep vmap) run here on CPU."""
+  nms_module = sys.modules["jaxvision.ops.nms"]
+  rng = np.random.default_rng(9)
+  boxes, scores = adversarial_boxes(rng, _PADDED)
+  class_ids = rng.integers(0, 4, _PADDED)
+
+  @jax.jit
+  def run(boxes, scores, class_ids):
+    valid = jnp.ones(scores.shape, bool)
+    return [nms_module._greedy_nms_one_image(  # pylint: disable=protected-access
+        boxes, scores, classes, valid, jnp.float32(0.5), max_output_size=_PADDED,
+        blocks=nms_module._ACCELERATOR_BLOCKS) for classes in (None, class_ids)]  # pylint: disable=protected-access
+
+  single, per_class = run(boxes, scores, class_ids)
+  np.testing.assert_array_equal(kept((single, single >= 0)), reference_nms(boxes, scores, 0.5))
+  np.testing.assert_array_equal(kept((per_class, per_class >= 0)),
+                                reference_nms(boxes, scores, 0.5, class_ids))
 
 
 def test_no_retrace_for_new_inputs_of_the_same_shape():
@@ -196,11 +243,13 @@ def test_no_retrace_for_new_inputs_of_the_same_shape():
     return nms(boxes, scores, 0.5, 50), batched_nms(boxes, scores, class_ids, 0.5, 50)
 
   rng = np.random.default_rng(6)
-  for _ in range(3):
-    boxes, scores = adversarial_boxes(rng, 64)
-    (indices, valid), _ = detect(boxes, scores, rng.integers(0, 3, 64))
-    np.testing.assert_array_equal(np.asarray(indices)[np.asarray(valid)],
-                                  reference_nms(boxes, scores, 0.5)[:50])
+  for _ in range(3):  # 40 boxes into 50 slots: always padded with -1
+    boxes, scores = adversarial_boxes(rng, 40)
+    class_ids = rng.integers(0, 3, 40)
+    nms_result, batched_result = detect(boxes, scores, class_ids)
+    np.testing.assert_array_equal(kept(nms_result), reference_nms(boxes, scores, 0.5))
+    np.testing.assert_array_equal(kept(batched_result),
+                                  reference_nms(boxes, scores, 0.5, class_ids))
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -223,12 +272,14 @@ def test_matches_torchvision():
   boxes, scores = adversarial_boxes(rng, _PADDED)
   class_ids = rng.integers(0, 5, _PADDED)
   boxes_t, scores_t = torch.from_numpy(boxes), torch.from_numpy(scores)
+  all_valid = np.ones(_PADDED, bool)  # the signature the other tests compiled
   for threshold in _THRESHOLDS:
     expected = torchvision.ops.nms(boxes_t, scores_t, threshold).numpy()
-    np.testing.assert_array_equal(kept(nms(boxes, scores, threshold, _PADDED)), expected)
+    np.testing.assert_array_equal(
+        kept(nms(boxes, scores, threshold, _PADDED, valid=all_valid)), expected)
     expected = torchvision.ops.batched_nms(boxes_t, scores_t, torch.from_numpy(class_ids),
                                            threshold).numpy()
-    got = kept(batched_nms(boxes, scores, class_ids, threshold, _PADDED))
+    got = kept(batched_nms(boxes, scores, class_ids, threshold, _PADDED, valid=all_valid))
     # torchvision's order among exactly tied scores is unspecified; compare set and scores.
     np.testing.assert_array_equal(np.sort(got), np.sort(expected))
     np.testing.assert_array_equal(scores[got], scores[expected])
