@@ -17,10 +17,10 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.task = "classify_localize"
   config.seed = 0
-  config.total_steps = 1500
+  config.total_steps = 1800
   config.batch_size = 64
-  config.eval_every = 500
-  config.checkpoint_every = 250
+  config.eval_every = 600
+  config.checkpoint_every = 300
   config.log_every = 50
   config.keep_checkpoints = 3
   config.init_from = ""
@@ -30,7 +30,7 @@ def get_config(arg=None):
   config.data = shapes_data_config(image_size=64, min_objects=1, max_objects=1, max_boxes=1)
 
   config.model = ml_collections.ConfigDict(dict(
-      backbone="resnet_small", backbone_kwargs=ml_collections.ConfigDict(dict(stem="imagenet", width=32)),
+      backbone="resnet_small", backbone_kwargs=ml_collections.ConfigDict(dict(stem="stride2", width=16)),
       neck_channels=32, hidden=256,
       box_loss="l2",  # "l2" | "smooth_l1" | "giou", on boxes normalized by the image size.
       class_loss_weight=1.0, box_loss_weight=10.0,

@@ -22,9 +22,9 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.task = "detection"
   config.seed = 0
-  config.total_steps = 6000
+  config.total_steps = 3000
   config.batch_size = 8
-  config.eval_every = 2000
+  config.eval_every = 1000
   config.checkpoint_every = 1000
   config.log_every = 100
   config.keep_checkpoints = 2
@@ -40,9 +40,9 @@ def get_config(arg=None):
       num_classes=len(CLASS_NAMES),
       backbone="resnet_small",
       backbone_kwargs=ml_collections.ConfigDict(dict(stem="imagenet", norm="batch")),
-      fpn_channels=64,
+      fpn_channels=32,
       proposal_source="rpn",  # "rpn" (Faster R-CNN) | "data" (Fast R-CNN)
-      anchor_sizes=(16.0, 32.0, 64.0, 128.0, 256.0),  # one per level P2..P6
+      anchor_sizes=(8.0, 16.0, 32.0, 64.0, 128.0),  # one per level P2..P6: objects are 8-64 px
       aspect_ratios=(0.5, 1.0, 2.0),
       rpn_samples_per_image=256, rpn_positive_fraction=0.5,
       rpn_pre_nms_top_n_train=500, rpn_pre_nms_top_n_test=500,
@@ -54,15 +54,15 @@ def get_config(arg=None):
   config.data_proposals = ml_collections.ConfigDict(dict(
       num_proposals=300, jittered_per_object=20, jitter=0.25))
 
-  config.optimizer = default_optimizer_config(name="adamw", learning_rate=1e-3,
+  config.optimizer = default_optimizer_config(name="adamw", learning_rate=2e-3,
                                               warmup_steps=200, schedule="cosine",
                                               weight_decay=1e-4, grad_clip_norm=10.0)
 
   if arg == "quick":
-    config.total_steps = 6
+    config.total_steps = 10
     config.batch_size = 8  # one image per test device
-    config.eval_every = 6
-    config.checkpoint_every = 3
+    config.eval_every = 10
+    config.checkpoint_every = 5
     config.log_every = 2
     config.num_pictures = 4
     config.data.image_size = 64
@@ -82,6 +82,7 @@ def get_config(arg=None):
     config.model.box_head_hidden = 32
     config.model.detection_candidates = 200
     config.data_proposals.num_proposals = 50
+    config.optimizer.learning_rate = 3e-3
     config.optimizer.warmup_steps = 0
   elif arg == "fast_rcnn":
     config.model.proposal_source = "data"

@@ -1,12 +1,13 @@
 """Classification + localization: one backbone, a class head and a box head.
 
-The classic single-object setup: a shared backbone, a small shared neck, and two linear
-heads reading the same neck features, one for class logits and one for the normalized box
-``(x1, y1, x2, y2) / size``. The neck concatenates the global max of C5 (translation
-invariant, and not diluted by the background around a small object: what the object is)
-with an FC layer on the flattened, channel-reduced C5 (which keeps the spatial layout:
-where it is).
-Multitask regularizers act on the stacked head matrix ``W = [W_class | W_box]``.
+The classic single-object setup, a shared backbone and two linear heads reading the same
+features, one for class logits and one for the normalized box ``(x1, y1, x2, y2) / size``,
+with one addition that makes small objects on cluttered backgrounds learnable: a coarse
+*locator* (an FC layer on the flattened C5, which keeps the spatial layout) predicts where
+the object is, and the shared features are that global C5 vector concatenated with
+RoIAlign-pooled C3 features inside the located box (what is there, at the object's scale,
+free of the background). Both heads read these shared features; the box head's output is
+the final box. Multitask regularizers act on the stacked head matrix ``W = [W_class | W_box]``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,31 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxvision import ops
 from jaxvision.models.resnet import build_backbone
 
 HEAD_NAMES = ("class_head", "box_head")
+ROI_SIZE = (7, 7)
+
+
+def _centred_box_init(*_):
+  """Start from a centred box covering a quarter of the image: early box losses are small."""
+  return jnp.array([0.25, 0.25, 0.75, 0.75])
+
+
+def normalized_to_pixels(boxes: jax.Array, image_size: int) -> jax.Array:
+  """Normalized predictions ``[B, 4]`` -> valid pixel boxes (clipped, ``x1 <= x2``, ``y1 <= y2``)."""
+  boxes = jnp.clip(boxes, 0.0, 1.0) * image_size
+  return jnp.concatenate([jnp.minimum(boxes[:, :2], boxes[:, 2:]),
+                          jnp.maximum(boxes[:, :2], boxes[:, 2:])], axis=-1)
 
 
 class ClassifyLocalize(nn.Module):
-  """Backbone -> neck -> {class logits ``[B, C]``, normalized boxes ``[B, 4]``}."""
+  """Backbone -> locator + RoI features -> {class logits ``[B, C]``, boxes ``[B, 4]``}.
+
+  Outputs ``logits``, ``boxes`` (normalized, final) and ``coarse_boxes`` (normalized, the
+  locator's; trained with the same box loss).
+  """
   num_classes: int
   backbone: str = "resnet_small"
   backbone_kwargs: Any = None
@@ -34,16 +53,22 @@ class ClassifyLocalize(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
     chex.assert_rank(images, 4)
-    features = build_backbone(self.backbone, name="backbone", **(self.backbone_kwargs or {}))(
-        images, train)
+    backbone = build_backbone(self.backbone, name="backbone", **(self.backbone_kwargs or {}))
+    features = backbone(images, train)
     x = nn.relu(nn.Conv(self.neck_channels, (1, 1), name="neck_reduce")(features["C5"]))
     x = nn.relu(nn.Dense(self.hidden, name="neck_fc")(x.reshape(x.shape[0], -1)))
-    x = jnp.concatenate([jnp.max(features["C5"], axis=(1, 2)), x], axis=-1)
-    logits = nn.Dense(self.num_classes, name="class_head")(x)
-    # Start from a centred box covering a quarter of the image, so early box losses are small.
-    boxes = nn.Dense(4, name="box_head", kernel_init=nn.initializers.zeros,
-                     bias_init=lambda *_: jnp.array([0.25, 0.25, 0.75, 0.75]))(x)
-    return {"logits": logits, "boxes": boxes}
+    coarse = nn.Dense(4, name="locator", kernel_init=nn.initializers.zeros,
+                      bias_init=_centred_box_init)(x)
+    # The RoI only says where to look; its gradient comes from the locator's own loss.
+    rois = jax.lax.stop_gradient(normalized_to_pixels(coarse, images.shape[1]))
+    pooled = jax.vmap(lambda f, box: ops.roi_align(
+        f, box[None], ROI_SIZE, spatial_scale=1.0 / backbone.strides["C3"], sampling_ratio=2,
+        aligned=True)[0])(features["C3"], rois)
+    roi = nn.relu(nn.Dense(self.hidden, name="roi_fc")(pooled.reshape(pooled.shape[0], -1)))
+    shared = jnp.concatenate([x, roi], axis=-1)
+    logits = nn.Dense(self.num_classes, name="class_head")(shared)
+    boxes = coarse + nn.Dense(4, name="box_head", kernel_init=nn.initializers.zeros)(shared)
+    return {"logits": logits, "boxes": boxes, "coarse_boxes": coarse}
 
 
 def stacked_head_weights(params: dict[str, Any]) -> jax.Array:

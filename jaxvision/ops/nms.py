@@ -19,8 +19,9 @@ their order agree with ``torchvision.ops.nms`` exactly.
 
 Speed: on CPU, XLA compiles a ``while_loop`` whose body touches under ~1 kB into one kernel
 (no per-op dispatch), so CPU uses tiny tiles (16 boxes against windows of 16 kept boxes),
-and runs a vmapped batch as a loop over images. Accelerators use 256-box tiles and plain
-``vmap`` batching.
+and runs a vmapped batch as a loop over images (``lax.map``; under a jit whose batch is
+sharded over several CPU devices XLA then gathers the batch and every device runs all
+images). Accelerators use 256-box tiles and plain ``vmap`` batching.
 """
 
 from __future__ import annotations
@@ -220,7 +221,8 @@ def _loop_over_batch_under_vmap(fn: Callable) -> Callable:
   """``fn`` whose ``vmap`` runs one image after the other (``lax.map``) instead of in lockstep.
 
   Batching the NMS loops in lockstep turns their slices into gathers and runs every image
-  for as many steps as the slowest one; on CPU a loop over images is faster.
+  for as many steps as the slowest one; on CPU a loop over images is faster (4x for 8
+  images of 5000 boxes).
   """
   wrapped = jax.custom_batching.custom_vmap(fn)
 
@@ -241,12 +243,15 @@ def _greedy_nms(boxes, scores, class_ids, candidate, threshold, max_output_size)
   def on_cpu(*args):
     one_image = functools.partial(_greedy_nms_one_image, max_output_size=max_output_size,
                                   blocks=_CPU_BLOCKS)
-    return one_image(*args)
+    return _loop_over_batch_under_vmap(one_image)(*args)
 
   def on_accelerator(*args):
     return _greedy_nms_one_image(*args, max_output_size=max_output_size,
                                  blocks=_ACCELERATOR_BLOCKS)
 
+  # Indices are piecewise constant in the inputs; stopping gradients also keeps
+  # differentiation (of a loss downstream of NMS) from tracing into the custom vmap rule.
+  boxes, scores, threshold = jax.lax.stop_gradient((boxes, scores, threshold))
   kept_index = jax.lax.platform_dependent(boxes, scores, class_ids, candidate, threshold,
                                           cpu=on_cpu, default=on_accelerator)
   return kept_index, kept_index >= 0

@@ -21,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxvision import data as data_lib
 from jaxvision.evaluation.base import Evaluator
 
 Batch = Mapping[str, Any]
@@ -32,6 +33,14 @@ class Task(abc.ABC):
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
+    self._pipelines: dict[str, data_lib.Pipeline] = {}
+
+  def pipeline(self, split: str) -> data_lib.Pipeline:
+    """The (cached) input pipeline of ``split``: shuffled and augmented for ``"train"``."""
+    if split not in self._pipelines:
+      self._pipelines[split] = data_lib.Pipeline(self.config.data, split, self.config.batch_size,
+                                                 self.config.seed, train=split == "train")
+    return self._pipelines[split]
 
   # --- model -------------------------------------------------------------------------
   @property
@@ -44,27 +53,24 @@ class Task(abc.ABC):
     """``model.init`` on a (host, numpy) example batch; returns the Flax variables dict."""
 
   # --- data --------------------------------------------------------------------------
-  @abc.abstractmethod
   def train_batch(self, step: int) -> dict[str, np.ndarray]:
     """This host's slice of the global training batch for ``step``.
 
     A pure function of ``(config.seed, step)`` and the process index/count, so a
     resumed run reads exactly the batches an uninterrupted one would.
     """
+    return self.pipeline("train").host_batch(step)
 
   def train_batches(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-    """``train_batch(step)`` for ``step = start_step, start_step + 1, ...`` (override to prefetch)."""
-    step = start_step
-    while True:
-      yield self.train_batch(step)
-      step += 1
+    """``train_batch(step)`` for ``step = start_step, start_step + 1, ...``, prefetched."""
+    return self.pipeline("train").iterate(start_step)
 
-  @abc.abstractmethod
   def eval_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
     """This host's slices of fixed-shape global eval batches over ``split``.
 
     Each batch carries a boolean ``example_mask`` (False on padding rows).
     """
+    return self.pipeline(split).eval_batches()
 
   def validate_batch(self, batch: Batch) -> None:
     """Raises ``ValueError`` naming the problem for a malformed host batch (pre-compile)."""

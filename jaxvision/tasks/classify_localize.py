@@ -9,7 +9,7 @@ and ``R`` is a multitask regularizer on the stacked head matrix (see
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ import optax
 from jaxvision import data as data_lib
 from jaxvision import ops, viz
 from jaxvision.models.classify_localize import (ClassifyLocalize, multitask_regularizer,
-                                                stacked_head_weights)
+                                                normalized_to_pixels, stacked_head_weights)
 from jaxvision.tasks import base
 
 BOX_LOSSES = ("l2", "smooth_l1", "giou")
@@ -83,26 +83,10 @@ class ClassifyLocalizeTask(base.Task):
         num_classes=len(self.class_names), backbone=config.model.backbone,
         backbone_kwargs=dict(config.model.backbone_kwargs),
         neck_channels=config.model.neck_channels, hidden=config.model.hidden)
-    self._pipelines: dict[str, data_lib.Pipeline] = {}
 
   @property
   def model(self) -> ClassifyLocalize:
     return self._model
-
-  def _pipeline(self, split: str, train: bool) -> data_lib.Pipeline:
-    if split not in self._pipelines:
-      self._pipelines[split] = data_lib.Pipeline(self.config.data, split, self.config.batch_size,
-                                                 self.config.seed, train=train)
-    return self._pipelines[split]
-
-  def train_batch(self, step: int) -> dict[str, np.ndarray]:
-    return self._pipeline("train", True).host_batch(step)
-
-  def train_batches(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-    return self._pipeline("train", True).iterate(start_step)
-
-  def eval_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
-    return self._pipeline(split, False).eval_batches()
 
   def validate_batch(self, batch: Mapping[str, np.ndarray]) -> None:
     base.validate_images(batch["image"], self.image_size, "batch['image']")
@@ -124,9 +108,11 @@ class ClassifyLocalizeTask(base.Task):
     target = batch["boxes"][:, 0] / self.image_size
     class_loss = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels).mean()
     localization_loss = box_loss(outputs["boxes"], target, self.config.model.box_loss).mean()
+    locator_loss = box_loss(outputs["coarse_boxes"], target, self.config.model.box_loss).mean()
     loss = (self.config.model.class_loss_weight * class_loss
-            + self.config.model.box_loss_weight * localization_loss)
+            + self.config.model.box_loss_weight * (localization_loss + locator_loss))
     metrics = {"class_loss": class_loss, "box_loss": localization_loss,
+               "locator_loss": locator_loss,
                "accuracy": jnp.mean(jnp.argmax(outputs["logits"], -1) == labels)}
     if self.config.model.regularizer != "none":
       penalty = multitask_regularizer(stacked_head_weights(params), self.config.model.regularizer)
@@ -137,10 +123,7 @@ class ClassifyLocalizeTask(base.Task):
   def _forward(self, variables, images):
     outputs = self._model.apply(variables, base.normalize_images(images), train=False)
     probabilities = jax.nn.softmax(outputs["logits"])
-    boxes = jnp.clip(outputs["boxes"], 0.0, 1.0) * self.image_size
-    # Keep x1 <= x2, y1 <= y2 so every predicted box is a valid box.
-    boxes = jnp.concatenate([jnp.minimum(boxes[:, :2], boxes[:, 2:]),
-                             jnp.maximum(boxes[:, :2], boxes[:, 2:])], axis=-1)
+    boxes = normalized_to_pixels(outputs["boxes"], self.image_size)
     return {"classes": jnp.argmax(probabilities, -1).astype(jnp.int32),
             "scores": jnp.max(probabilities, -1), "boxes": boxes}
 

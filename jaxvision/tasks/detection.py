@@ -16,7 +16,7 @@ Crowd annotations (``is_crowd``) are left out of the training targets, as in tor
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -73,11 +73,17 @@ def synthetic_proposals(boxes: np.ndarray, box_valid: np.ndarray, image_size: in
 
 
 class DetectionEvaluator(base.Evaluator):
-  """COCO box AP/AR of the detections plus ``rpn_AR100`` of the proposals."""
+  """COCO box AP/AR of the detections plus ``rpn_AR100`` of the proposals.
 
-  def __init__(self, class_names: tuple[str, ...]):
+  ``on_result`` (optional) receives the detections' full ``CocoResult`` (per-class
+  precision/recall arrays) when ``result`` runs, e.g. to draw PR curves.
+  """
+
+  def __init__(self, class_names: tuple[str, ...],
+               on_result: Callable[[coco.CocoResult], None] | None = None):
     self.detections = coco.CocoEvaluator(class_names=class_names)
     self.proposals = coco.CocoEvaluator(class_names=("object",))
+    self._on_result = on_result
 
   def add(self, outputs: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> None:
     self.detections.add({k: outputs[k] for k in ("boxes", "scores", "classes", "valid")}, batch)
@@ -87,7 +93,10 @@ class DetectionEvaluator(base.Evaluator):
     self.proposals.add(proposals, {**batch, "labels": np.zeros_like(batch["labels"])})
 
   def result(self) -> dict[str, float]:
-    return {**self.detections.result(), "rpn_AR100": self.proposals.result()["AR100"]}
+    detailed = self.detections.detailed_result()
+    if self._on_result is not None:
+      self._on_result(detailed)
+    return {**detailed.stats, "rpn_AR100": self.proposals.result()["AR100"]}
 
 
 @base.register("detection")
@@ -118,6 +127,8 @@ class DetectionTask(base.Task):
     self.uses_data_proposals = model_config.get("proposal_source", "rpn") == "data"
     self._model = FasterRCNN(num_classes=self.num_classes, **model_config)
     self._pipelines: dict[str, data_lib.Pipeline] = {}
+    # Set by ``write_pictures`` (first eval batch), used when that evaluation's result is in.
+    self._pr_curve_path: str | None = None
 
   @property
   def model(self) -> FasterRCNN:
@@ -200,7 +211,13 @@ class DetectionTask(base.Task):
     return self._forward(variables, batch["image"], self._proposal_inputs(batch))
 
   def make_evaluator(self) -> DetectionEvaluator:
-    return DetectionEvaluator(self.class_names)
+    return DetectionEvaluator(self.class_names, on_result=self._write_pr_curves)
+
+  def _write_pr_curves(self, result: coco.CocoResult) -> None:
+    """PR curves (IoU 0.5) of the evaluation whose pictures were just written."""
+    if self._pr_curve_path is not None:
+      viz.plot_pr_curves(result, self.class_names, self._pr_curve_path)
+      self._pr_curve_path = None
 
   def predict(self, variables, images, proposals=None, proposal_valid=None
               ) -> dict[str, jax.Array]:
@@ -222,8 +239,12 @@ class DetectionTask(base.Task):
     return {k: outputs[k] for k in ("boxes", "scores", "classes", "valid")}
 
   def write_pictures(self, variables, batch, outputs, directory, step) -> list[str]:
-    """Ground truth (green) and detections scoring at least 0.5 (red) on held-out images."""
+    """Ground truth (green) and detections scoring at least 0.5 (red) on held-out images.
+
+    The per-class PR curves of the same evaluation follow once its result is computed.
+    """
     del variables
+    self._pr_curve_path = os.path.join(directory, f"step_{step:07d}_pr_curves.png")
     count = min(len(batch["image"]), self.config.get("num_pictures", 8))
     scale = max(1, 256 // self.image_size)
     images = []

@@ -37,8 +37,9 @@ def test_heads_share_the_neck_and_stack_into_w():
   out = model.apply(variables, jnp.zeros((3, 64, 64, 3)), train=False)
   chex.assert_shape(out["logits"], (3, 6))
   chex.assert_shape(out["boxes"], (3, 4))
-  # Neck features: max-pooled C5 (8 * 8 channels for resnet_tiny) + the 16-unit FC.
-  chex.assert_shape(stacked_head_weights(variables["params"]), (64 + 16, 10))
+  chex.assert_shape(out["coarse_boxes"], (3, 4))
+  # Shared features: the 16-unit FC on C5 + the 16-unit FC on the RoI features.
+  chex.assert_shape(stacked_head_weights(variables["params"]), (16 + 16, 10))
 
 
 def test_regularizers_match_numpy():

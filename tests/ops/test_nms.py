@@ -252,6 +252,22 @@ def test_no_retrace_for_new_inputs_of_the_same_shape():
                                   reference_nms(boxes, scores, 0.5, class_ids))
 
 
+def test_losses_downstream_of_nms_are_differentiable():
+  rng = np.random.default_rng(10)
+  boxes, scores = adversarial_boxes(rng, 40)
+  images = np.stack([boxes, boxes[::-1]]), np.stack([scores, scores[::-1]])
+
+  def loss(scale):
+    scaled = images[0] * scale
+    indices, valid = jax.vmap(lambda b, s: nms(b, s, 0.5, 40))(scaled, images[1])
+    picked = jnp.take_along_axis(scaled[..., 0], jnp.maximum(indices, 0), axis=1)
+    return jnp.sum(jnp.where(valid, picked, 0.0))
+
+  expected = sum(images[0][i, reference_nms(images[0][i], images[1][i], 0.5), 0].sum()
+                 for i in range(2))
+  np.testing.assert_allclose(jax.grad(loss)(1.0), expected, rtol=1e-5)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(boxes=np.zeros((5, 5), np.float32)), "shape"),
     (dict(iou_threshold=1.5), "iou_threshold"),

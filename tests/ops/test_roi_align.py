@@ -120,6 +120,18 @@ def test_vmap_over_images_without_retracing():
           got[i], reference_roi_align(features[i], boxes[i], (7, 7), 0.5, 2, False), atol=1e-6)
 
 
+def test_gradient_with_respect_to_features_is_the_adjoint():
+  rng = np.random.default_rng(6)
+  features = rng.standard_normal((24, 32, 5)).astype(np.float32)
+  boxes = border_boxes(rng, 40, 48, 64)
+  cotangent = rng.standard_normal((40, 7, 7, 5)).astype(np.float32)
+  direction = rng.standard_normal(features.shape).astype(np.float32)
+  loss = lambda f: jnp.vdot(cotangent, _roi_align(f, boxes, (7, 7), 0.5, 2, False))
+  # roi_align is linear in the features: loss(f + d) - loss(f) == <grad, d>.
+  np.testing.assert_allclose(jnp.vdot(jax.grad(loss)(features), direction),
+                             loss(features + direction) - loss(features), rtol=1e-4)
+
+
 def pyramid_inputs(rng):
   features = [rng.standard_normal((h, w, 3)).astype(np.float32) for h, w in _LEVEL_SHAPES]
   centers = rng.uniform(0, 160, (48, 2))

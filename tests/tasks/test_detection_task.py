@@ -65,6 +65,7 @@ def test_evaluation_gives_coco_numbers_rpn_recall_and_pictures(trained):
   assert eval_metrics["rpn_AR100"] > 0.0
   pictures = os.listdir(picture_dir)
   assert any(name.endswith("detections.png") for name in pictures), pictures
+  assert any(name.endswith("pr_curves.png") for name in pictures), pictures
 
 
 def test_predict_returns_padded_detections_and_rejects_bad_images(trained):
@@ -102,7 +103,7 @@ def test_synthetic_proposals_cover_objects_inside_the_image():
   assert np.all(iou[:10, 0] > 0.2) and np.all(iou[10:20, 1] > 0.2)
 
 
-def test_fast_rcnn_mode_trains_from_data_proposals():
+def test_fast_rcnn_mode_computes_losses_from_data_proposals():
   config = shapes_config.get_config("quick")
   config.model.proposal_source = "data"
   task = get_task(config)
@@ -110,13 +111,16 @@ def test_fast_rcnn_mode_trains_from_data_proposals():
   chex.assert_shape(batch["proposals"], (config.batch_size,
                                          config.data_proposals.num_proposals, 4))
   np.testing.assert_array_equal(batch["proposals"], task.train_batch(0)["proposals"])
-  mesh = Mesh(np.asarray(jax.devices()[:2]), (parallel.DATA_AXIS,))
-  state, tx = trainer.create_train_state(task, config, mesh, batch)
-  assert "rpn_head" not in state["params"]
-  _, metrics = trainer.make_train_step(task, config, tx, mesh)(
-      state, parallel.global_batch(batch, mesh))
+  variables = jax.jit(task.init_variables)(jax.random.key(0), batch)
+  assert "rpn_head" not in variables["params"]
+  loss, (metrics, _) = jax.jit(task.loss_fn)(
+      variables["params"], {"batch_stats": variables["batch_stats"]}, batch, jax.random.key(1))
   assert "rpn_objectness" not in metrics
-  assert np.isfinite(float(metrics["loss"])) and float(metrics["roi_classifier"]) > 0
+  assert np.isfinite(float(loss)) and float(metrics["roi_classifier"]) > 0
+  # Jittered ground truth gives the head foreground RoIs beyond the appended gt boxes.
+  sampled_rois = config.batch_size * config.model.roi_samples_per_image
+  foreground_rois = float(metrics["roi_foreground_fraction"]) * sampled_rois
+  assert foreground_rois > 1.5 * batch["box_valid"].sum()
 
 
 @pytest.mark.slow
