@@ -184,3 +184,21 @@ def test_missing_config_field_is_named():
   del config["eval_every"]
   with pytest.raises(ValueError, match="eval_every"):
     trainer.train_and_evaluate(config, "/nonexistent")
+
+
+def test_bad_images_and_boxes_are_named_before_compiling(trained):
+  config, workdir, _ = trained
+  _, _, variables = checkpoint.restore_for_inference(workdir)
+  task = get_task(config)
+  batch = next(iter(task.eval_batches("validation")))
+  images = batch["image"][:2]
+  with pytest.raises(ValueError, match=r"rank 4"):
+    task.predict(variables, images[0])
+  with pytest.raises(ValueError, match=r"\[B, 64, 64, 3\].*resize"):
+    task.predict(variables, images[:, :32])
+  with pytest.raises(ValueError, match=r"uint8 or float32.*float64"):
+    task.predict(variables, images.astype(np.float64))
+  bad = dict(batch, boxes=batch["boxes"].copy())
+  bad["boxes"][1, 0] = [30.0, 10.0, 20.0, 40.0]  # x2 < x1
+  with pytest.raises(ValueError, match=r"Box 0 of example 1.*x1 <= x2"):
+    task.validate_batch(bad)
