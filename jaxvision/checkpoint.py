@@ -81,11 +81,15 @@ def saved_structure(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]
                       is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
 
 
+def _path_name(path) -> str:
+  """``opt_state/0/0/count`` whether the tree holds a namedtuple or (as in orbax metadata) a dict."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 def check_compatible(saved: Any, target: Any, where: str, prefix: str = "") -> None:
   """Raises a ValueError at the first path where ``saved`` and ``target`` trees differ."""
-  saved_leaves = {jax.tree_util.keystr(p): l for p, l in jax.tree_util.tree_leaves_with_path(saved)}
-  target_leaves = {jax.tree_util.keystr(p): l
-                   for p, l in jax.tree_util.tree_leaves_with_path(target)}
+  saved_leaves = {_path_name(p): l for p, l in jax.tree_util.tree_leaves_with_path(saved)}
+  target_leaves = {_path_name(p): l for p, l in jax.tree_util.tree_leaves_with_path(target)}
   missing = sorted(set(target_leaves) - set(saved_leaves))
   extra = sorted(set(saved_leaves) - set(target_leaves))
   if missing or extra:

@@ -126,7 +126,6 @@ class DetectionTask(base.Task):
     model_config = {k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items()}
     self.uses_data_proposals = model_config.get("proposal_source", "rpn") == "data"
     self._model = FasterRCNN(num_classes=self.num_classes, **model_config)
-    self._pipelines: dict[str, data_lib.Pipeline] = {}
     # Set by ``write_pictures`` (first eval batch), used when that evaluation's result is in.
     self._pr_curve_path: str | None = None
 
@@ -136,38 +135,31 @@ class DetectionTask(base.Task):
 
   # --- data ----------------------------------------------------------------------------
 
-  def _pipeline(self, split: str, train: bool) -> data_lib.Pipeline:
-    if split not in self._pipelines:
-      self._pipelines[split] = data_lib.Pipeline(self.config.data, split, self.config.batch_size,
-                                                 self.config.seed, train=train)
-    return self._pipelines[split]
-
-  def _with_proposals(self, batch: dict[str, np.ndarray], seeds: np.ndarray) -> dict[str, Any]:
-    """Adds Fast R-CNN ``proposals``/``proposal_valid``, one generator seed per row."""
+  def _with_proposals(self, batch: dict[str, np.ndarray], seed: tuple[int, ...]
+                      ) -> dict[str, Any]:
+    """Adds Fast R-CNN ``proposals``/``proposal_valid``; row i is seeded by (*seed, image id)."""
     if not self.uses_data_proposals:
       return batch
     settings = self.config.data_proposals
     made = [synthetic_proposals(boxes, valid, self.image_size, settings.num_proposals,
                                 settings.jittered_per_object, settings.jitter,
-                                np.random.default_rng(seed))
-            for boxes, valid, seed in zip(batch["boxes"], batch["box_valid"], seeds)]
+                                np.random.default_rng((*seed, max(int(image_id), 0))))
+            for boxes, valid, image_id in zip(batch["boxes"], batch["box_valid"],
+                                              batch["image_id"])]
     return {**batch, "proposals": np.stack([p for p, _ in made]),
             "proposal_valid": np.stack([v for _, v in made])}
 
   def train_batch(self, step: int) -> dict[str, np.ndarray]:
-    batch = self._pipeline("train", True).host_batch(step)
-    return self._with_proposals(batch, [(self.config.seed, step, int(i)) for i in batch["image_id"]])
+    return self._with_proposals(super().train_batch(step), (self.config.seed, step))
 
   def train_batches(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-    for step, batch in enumerate(self._pipeline("train", True).iterate(start_step), start_step):
-      yield self._with_proposals(batch, [(self.config.seed, step, int(i))
-                                         for i in batch["image_id"]])
+    for step, batch in enumerate(super().train_batches(start_step), start_step):
+      yield self._with_proposals(batch, (self.config.seed, step))
 
   def eval_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
-    for batch in self._pipeline(split, False).eval_batches():
+    for batch in super().eval_batches(split):
       # Eval proposals depend on the image only, so every evaluation sees the same ones.
-      yield self._with_proposals(batch, [(self.config.seed, max(int(i), 0))
-                                         for i in batch["image_id"]])
+      yield self._with_proposals(batch, (self.config.seed,))
 
   def validate_batch(self, batch: Mapping[str, np.ndarray]) -> None:
     base.validate_images(batch["image"], self.image_size, "batch['image']")
