@@ -140,9 +140,9 @@ def test_eight_devices_match_one_device():
     results.append(jax.device_get(state))
   one, eight = results
   assert int(one["step"]) == int(eight["step"]) == 3
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5),
                one["params"], eight["params"])
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5),
                one["batch_stats"], eight["batch_stats"])
   # The parameters did move: parity is not trivially true.
   fresh = jax.device_get(_state_and_batches(config, Mesh(np.asarray(jax.devices()[:1]),
