@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jaxvision.optim import default_optimizer_config, learning_rate_schedule, make_optimizer
@@ -56,7 +55,6 @@ def test_bad_optimizer_configs_are_named():
   with pytest.raises(ValueError, match="adamz"):
     make_optimizer(default_optimizer_config(name="adamz"), 10, PARAMS)
   config = default_optimizer_config()
-  config.unlock() if hasattr(config, "unlock") else None
   config.lr = 0.1
   with pytest.raises(ValueError, match="lr"):
     make_optimizer(config, 10, PARAMS)
