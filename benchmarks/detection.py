@@ -16,6 +16,11 @@ import importlib.util
 import os
 import time
 
+from jaxvision import cpu_devices
+
+cpu_devices.configure()  # As jaxvision.train does: one CPU device per core unless XLA_FLAGS says.
+
+# pylint: disable=wrong-import-position
 import jax
 
 from jaxvision import parallel, trainer

@@ -17,7 +17,7 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.task = "classify_localize"
   config.seed = 0
-  config.total_steps = 1800
+  config.total_steps = 1500
   config.batch_size = 64
   config.eval_every = 600
   config.checkpoint_every = 300
@@ -32,6 +32,7 @@ def get_config(arg=None):
   config.model = ml_collections.ConfigDict(dict(
       backbone="resnet_small", backbone_kwargs=ml_collections.ConfigDict(dict(stem="stride2", width=16)),
       neck_channels=32, hidden=256,
+      roi_feature="C2",  # The backbone feature RoIAlign pools inside the located box (stride 2).
       box_loss="l2",  # "l2" | "smooth_l1" | "giou", on boxes normalized by the image size.
       class_loss_weight=1.0, box_loss_weight=10.0,
       regularizer="none",  # "none" | "frobenius" | "l21" | "trace" on W = [W_class | W_box].

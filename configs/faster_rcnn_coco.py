@@ -49,6 +49,7 @@ def get_config(arg=None):
       anchor_sizes=(32.0, 64.0, 128.0, 256.0, 512.0),
       aspect_ratios=(0.5, 1.0, 2.0),
       rpn_samples_per_image=256, rpn_positive_fraction=0.5,
+      rpn_objectness_target="binary",  # "binary" (Faster R-CNN) | "iou" (localization quality)
       rpn_pre_nms_top_n_train=2000, rpn_pre_nms_top_n_test=1000,
       rpn_post_nms_top_n_train=2000, rpn_post_nms_top_n_test=1000,
       roi_samples_per_image=512, roi_positive_fraction=0.25,

@@ -45,6 +45,7 @@ def get_config(arg=None):
       anchor_sizes=(8.0, 16.0, 32.0, 64.0, 128.0),  # one per level P2..P6: objects are 8-64 px
       aspect_ratios=(0.5, 1.0, 2.0),
       rpn_samples_per_image=256, rpn_positive_fraction=0.5,
+      rpn_objectness_target="binary",  # "binary" (Faster R-CNN) | "iou" (localization quality)
       rpn_pre_nms_top_n_train=500, rpn_pre_nms_top_n_test=500,
       rpn_post_nms_top_n_train=300, rpn_post_nms_top_n_test=300,
       roi_samples_per_image=128, roi_positive_fraction=0.25,

@@ -3,6 +3,11 @@
 Writes ``<workdir>/eval_<split>_step<N>.json`` and pictures, and prints the metrics.
 """
 
+from jaxvision import cpu_devices
+
+cpu_devices.configure()  # Before jax is imported.
+
+# pylint: disable=wrong-import-position
 import json
 import os
 

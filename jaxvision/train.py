@@ -2,9 +2,15 @@
 
 ``--config configs/X.py:quick`` selects a variant; ``--config.<field>=value`` overrides a
 field (the config is locked: an unknown field is an error that names it). Running the same
-command again resumes from the latest checkpoint in ``--workdir``.
+command again resumes from the latest checkpoint in ``--workdir``. On a CPU-only machine the
+host is split into one device per core first (see ``jaxvision.cpu_devices``).
 """
 
+from jaxvision import cpu_devices
+
+cpu_devices.configure()  # Before jax is imported.
+
+# pylint: disable=wrong-import-position
 from absl import app, flags, logging
 from ml_collections import config_flags
 

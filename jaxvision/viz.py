@@ -21,13 +21,16 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, captions: Sequence[str],
   """Draws ``(x1, y1, x2, y2)`` pixel boxes with captions on a uint8 ``[H, W, 3]`` image.
 
   ``scale`` enlarges the image first (nearest neighbour) so small images stay readable;
-  boxes are given in the original image's pixels.
+  boxes are given in the original image's pixels. A box with a non-finite coordinate (a
+  diverging model's) is left out rather than failing the evaluation that draws it.
   """
   canvas = Image.fromarray(np.asarray(image, np.uint8))
   if scale != 1:
     canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
   draw = ImageDraw.Draw(canvas)
   for box, caption in zip(np.asarray(boxes, np.float32) * scale, captions):
+    if not np.all(np.isfinite(box)):
+      continue
     draw.rectangle([float(v) for v in box], outline=colour, width=max(1, scale // 2))
     draw.text((float(box[0]) + 2, float(box[1]) + 1), caption, fill=colour)
   return np.asarray(canvas)

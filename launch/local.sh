@@ -5,7 +5,8 @@
 #
 # Each process joins through jax.distributed (coordinator on 127.0.0.1, a free port or
 # $JAXVISION_PORT), reads its own slice of every global batch and drives its own devices.
-# On CPU, give each process several devices with
+# On a CPU-only machine each process makes one device per core (jaxvision/cpu_devices.py);
+# choose the count per process with JAXVISION_CPU_DEVICES=N or
 #   XLA_FLAGS=--xla_force_host_platform_device_count=2 launch/local.sh 2 ...
 # Only process 0 prints progress and writes metrics and pictures. If one process fails,
 # the others are stopped and the exit status is the failure's.

@@ -1,13 +1,27 @@
-"""Test-wide set-up: 8 fake CPU devices and one shared synthetic-data directory.
+"""Test-wide set-up: 8 fake CPU devices, one shared synthetic-data directory, one XLA cache.
 
 ``XLA_FLAGS`` must be set before jax is imported, so it happens here, at collection time.
 Every test process (pytest-xdist workers and the subprocesses tests start) reads the
 datasets from one directory per test session; ``build_dataset`` locks while building.
+
+They also share a persistent compilation cache for the session (created by the first
+process that loads this file, before xdist starts its workers, which inherit the
+environment): the many tests and subprocesses that build the same quick-config programs
+compile each once. The size limit turns on jax's file lock, so concurrent writers are safe.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="jaxvision_xla_cache_")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+                    JAX_COMPILATION_CACHE_MAX_SIZE=str(4 * 2**30))
 
 import pytest  # noqa: E402
 

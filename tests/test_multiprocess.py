@@ -43,7 +43,7 @@ def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path):
   # SGD: see tests/test_trainer.py::parity_config for why Adam would blur the comparison.
   args = ["--config", QUICK, "--config.total_steps=4", "--config.eval_every=4",
           "--config.checkpoint_every=4", "--config.optimizer.name=sgd",
-          "--config.optimizer.learning_rate=0.05"]
+          "--config.optimizer.learning_rate=0.01"]
   single = tmp_path / "single"
   subprocess.run([sys.executable, "-m", "jaxvision.train", *args, f"--workdir={single}"],
                  env=_env(4), cwd=ROOT, check=True, timeout=600)
@@ -69,12 +69,16 @@ def test_sigkill_and_restart_gives_the_uninterrupted_parameters(tmp_path):
           "--config.total_steps=24", "--config.checkpoint_every=1", "--config.eval_every=24",
           "--config.log_every=4"]
   reference = tmp_path / "reference"
+  # The restarts reuse the reference run's compiled programs from the persistent XLA cache
+  # (tests/conftest.py): the same HLO gives the same executable, so this costs no exactness.
   subprocess.run([*args, f"--workdir={reference}"], env=_env(1), cwd=ROOT, check=True,
                  timeout=600)
 
   resumed = tmp_path / "resumed"
   kills_during_save = kills = 0
   for _ in range(6):
+    if kills >= 2 and kills_during_save >= 1:
+      break
     process = subprocess.Popen([*args, f"--workdir={resumed}"], env=_env(1), cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before = set(_checkpoint_entries(resumed))

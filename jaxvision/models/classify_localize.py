@@ -5,7 +5,7 @@ features, one for class logits and one for the normalized box ``(x1, y1, x2, y2)
 with one addition that makes small objects on cluttered backgrounds learnable: a coarse
 *locator* (an FC layer on the flattened C5, which keeps the spatial layout) predicts where
 the object is, and the shared features are that global C5 vector concatenated with
-RoIAlign-pooled C3 features inside the located box (what is there, at the object's scale,
+RoIAlign-pooled features (``roi_feature``, C3 by default) inside the located box (what is there, at the object's scale,
 free of the background). Both heads read these shared features; the box head's output is
 the final box. Multitask regularizers act on the stacked head matrix ``W = [W_class | W_box]``.
 """
@@ -49,10 +49,13 @@ class ClassifyLocalize(nn.Module):
   backbone_kwargs: Any = None
   neck_channels: int = 32
   hidden: int = 256
+  roi_feature: str = "C3"
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
     chex.assert_rank(images, 4)
+    if self.roi_feature not in ("C2", "C3", "C4", "C5"):
+      raise ValueError(f"Unknown roi_feature {self.roi_feature!r}; use 'C2', 'C3', 'C4' or 'C5'.")
     backbone = build_backbone(self.backbone, name="backbone", **(self.backbone_kwargs or {}))
     features = backbone(images, train)
     x = nn.relu(nn.Conv(self.neck_channels, (1, 1), name="neck_reduce")(features["C5"]))
@@ -62,8 +65,8 @@ class ClassifyLocalize(nn.Module):
     # The RoI only says where to look; its gradient comes from the locator's own loss.
     rois = jax.lax.stop_gradient(normalized_to_pixels(coarse, images.shape[1]))
     pooled = jax.vmap(lambda f, box: ops.roi_align(
-        f, box[None], ROI_SIZE, spatial_scale=1.0 / backbone.strides["C3"], sampling_ratio=2,
-        aligned=True)[0])(features["C3"], rois)
+        f, box[None], ROI_SIZE, spatial_scale=1.0 / backbone.strides[self.roi_feature],
+        sampling_ratio=2, aligned=True)[0])(features[self.roi_feature], rois)
     roi = nn.relu(nn.Dense(self.hidden, name="roi_fc")(pooled.reshape(pooled.shape[0], -1)))
     shared = jnp.concatenate([x, roi], axis=-1)
     logits = nn.Dense(self.num_classes, name="class_head")(shared)

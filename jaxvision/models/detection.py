@@ -37,6 +37,7 @@ from jaxvision.models.fpn import FPN
 from jaxvision.models.resnet import build_backbone
 
 PROPOSAL_SOURCES = ("rpn", "data")
+RPN_OBJECTNESS_TARGETS = ("binary", "iou")
 RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 _BACKGROUND = 0  # class id of background RoIs
 
@@ -94,7 +95,8 @@ class RPNHead(nn.Module):
 
 def rpn_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, rng: jax.Array, *,
                 foreground_iou: float, background_iou: float, samples_per_image: int,
-                positive_fraction: float) -> dict[str, jax.Array]:
+                positive_fraction: float, objectness_target: str = "binary",
+                deltas: jax.Array | None = None) -> dict[str, jax.Array]:
   """Objectness and box targets of one image's anchors.
 
   Args:
@@ -106,11 +108,16 @@ def rpn_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, rn
     background_iou: IoU below which an anchor is negative (0.3); in between is ignored.
     samples_per_image: anchors sampled for the loss (256).
     positive_fraction: at most this fraction of the sample is positive (0.5).
+    objectness_target: ``"binary"`` (Faster R-CNN: 1 for positives) or ``"iou"``: a
+      positive's target is the IoU of its *predicted* box with its ground truth, so that the
+      highest-scoring proposal of an object, the one NMS keeps, is its best-localized one
+      (the localization-quality targets of IoU-Net / GFL). Negatives are 0 either way.
+    deltas: ``[A, 4]`` the predicted box deltas; needed for ``objectness_target="iou"``.
 
   Returns:
-    ``objectness``: float ``[A]`` 1 positive / 0 negative; ``sampled``: bool ``[A]`` the
-    anchors in the loss; ``box_targets``: ``[A, 4]`` deltas of the matched box (meaningful
-    where ``objectness == 1``).
+    ``objectness``: float ``[A]`` target in [0, 1] (0 for negatives); ``positive``: bool
+    ``[A]``; ``sampled``: bool ``[A]`` the anchors in the loss; ``box_targets``: ``[A, 4]``
+    deltas of the matched box (meaningful where ``positive``).
   """
   matched_gt, labels = ops.match_boxes(gt_boxes, anchors, foreground_iou, background_iou,
                                        allow_low_quality_matches=True, gt_valid=gt_valid)
@@ -120,7 +127,18 @@ def rpn_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, rn
   matched_boxes = gt_boxes[matched_gt]
   box_targets = ops.encode_boxes(jnp.where(positive[:, None], matched_boxes, anchors), anchors,
                                  RPN_BOX_WEIGHTS)
-  return {"objectness": positive.astype(jnp.float32),
+  if objectness_target == "binary":
+    quality = jnp.ones(positive.shape, jnp.float32)
+  elif objectness_target == "iou":
+    if deltas is None:
+      raise ValueError("objectness_target='iou' needs the predicted deltas.")
+    chex.assert_equal_shape([deltas, anchors])
+    predicted = ops.decode_boxes(jax.lax.stop_gradient(deltas), anchors, RPN_BOX_WEIGHTS)
+    quality = jax.vmap(lambda a, b: ops.box_iou(a[None], b[None])[0, 0])(predicted, matched_boxes)
+  else:
+    raise ValueError(f"Unknown rpn_objectness_target {objectness_target!r}; use one of "
+                     f"{RPN_OBJECTNESS_TARGETS}.")
+  return {"objectness": jnp.where(positive, quality, 0.0), "positive": positive,
           "sampled": sampled_positive | sampled_negative,
           "box_targets": box_targets}
 
@@ -130,7 +148,7 @@ def rpn_loss(logits: jax.Array, deltas: jax.Array, targets: dict[str, jax.Array]
   """Binary cross-entropy over sampled anchors + smooth-L1 over positive ones.
 
   Both are normalized by the number of sampled anchors in the whole batch, as in
-  torchvision.
+  torchvision. The objectness targets may be soft (``rpn_targets(objectness_target="iou")``).
 
   Args:
     logits: ``[N, A]`` objectness logits.
@@ -147,7 +165,7 @@ def rpn_loss(logits: jax.Array, deltas: jax.Array, targets: dict[str, jax.Array]
   count = jnp.maximum(jnp.sum(sampled), 1.0)
   cross_entropy = optax.sigmoid_binary_cross_entropy(logits, targets["objectness"])
   box_error = jnp.sum(smooth_l1(deltas, targets["box_targets"], beta), axis=-1)
-  positive = sampled * targets["objectness"]
+  positive = sampled * targets["positive"]
   return {"rpn_objectness": jnp.sum(cross_entropy * sampled) / count,
           "rpn_box": jnp.sum(box_error * positive) / count}
 
@@ -372,6 +390,9 @@ class FasterRCNN(nn.Module):
     rpn_post_nms_top_n_train, rpn_post_nms_top_n_test: proposals per image.
     rpn_nms_threshold: IoU of the proposal NMS (0.7).
     rpn_min_size: minimum proposal side (pixels).
+    rpn_objectness_target: ``"binary"`` or ``"iou"`` (see :func:`rpn_targets`).
+    rpn_smooth_l1_beta: smooth-L1 transition point of the RPN box loss (None: as
+      ``smooth_l1_beta``; 0: L1).
     roi_foreground_iou, roi_background_iou: RoI matching thresholds (0.5 / 0.5).
     roi_samples_per_image, roi_positive_fraction: RoI sampling (512, 0.25).
     roi_pool_size, roi_sampling_ratio: RoIAlign output side and samples per bin (7, 2).
@@ -397,6 +418,8 @@ class FasterRCNN(nn.Module):
   rpn_post_nms_top_n_test: int = 1000
   rpn_nms_threshold: float = 0.7
   rpn_min_size: float = 1e-3
+  rpn_objectness_target: str = "binary"
+  rpn_smooth_l1_beta: float | None = None
   roi_foreground_iou: float = 0.5
   roi_background_iou: float = 0.5
   roi_samples_per_image: int = 512
@@ -415,6 +438,9 @@ class FasterRCNN(nn.Module):
     if self.proposal_source not in PROPOSAL_SOURCES:
       raise ValueError(f"Unknown proposal_source {self.proposal_source!r}; use one of "
                        f"{PROPOSAL_SOURCES}.")
+    if self.rpn_objectness_target not in RPN_OBJECTNESS_TARGETS:
+      raise ValueError(f"Unknown rpn_objectness_target {self.rpn_objectness_target!r}; use one "
+                       f"of {RPN_OBJECTNESS_TARGETS}.")
     self.backbone_module = build_backbone(self.backbone, name="backbone",
                                           **(self.backbone_kwargs or {}))
     self.fpn = FPN(self.fpn_channels, extra_max_pool_level=self.proposal_source == "rpn")
@@ -479,13 +505,15 @@ class FasterRCNN(nn.Module):
               jax.lax.stop_gradient(logits), jax.lax.stop_gradient(deltas))
       if train:
         all_anchors = jnp.concatenate(anchors)
-        targets = jax.vmap(lambda b, v, key: rpn_targets(
+        all_deltas = jnp.concatenate(deltas, 1)
+        targets = jax.vmap(lambda b, v, key, d: rpn_targets(
             all_anchors, b, v, key, foreground_iou=self.rpn_foreground_iou,
             background_iou=self.rpn_background_iou, samples_per_image=self.rpn_samples_per_image,
-            positive_fraction=self.rpn_positive_fraction))(
-                gt_boxes, gt_valid, jax.random.split(rpn_rng, batch_size))
-        losses.update(rpn_loss(jnp.concatenate(logits, 1), jnp.concatenate(deltas, 1), targets,
-                               self.smooth_l1_beta))
+            positive_fraction=self.rpn_positive_fraction,
+            objectness_target=self.rpn_objectness_target, deltas=d))(
+                gt_boxes, gt_valid, jax.random.split(rpn_rng, batch_size), all_deltas)
+        rpn_beta = self.smooth_l1_beta if self.rpn_smooth_l1_beta is None else self.rpn_smooth_l1_beta
+        losses.update(rpn_loss(jnp.concatenate(logits, 1), all_deltas, targets, rpn_beta))
     else:
       if proposals is None or proposal_valid is None:
         raise ValueError("proposal_source='data' (Fast R-CNN) needs proposals and "

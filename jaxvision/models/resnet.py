@@ -33,6 +33,17 @@ def make_norm(norm: str, train: bool, dtype=jnp.float32):
   raise ValueError(f"Unknown norm {norm!r}; use 'batch', 'frozen' or 'group'.")
 
 
+def _residual(x: jax.Array, y: jax.Array, filters: int, strides: int, norm) -> jax.Array:
+  """``relu(shortcut(x) + y)``; a 1x1 projection (``proj``, ``proj_norm``) when shapes differ.
+
+  Called inside a block's compact ``__call__``, so the projection belongs to that block.
+  """
+  if x.shape != y.shape:
+    x = nn.Conv(filters, (1, 1), strides, use_bias=False, name="proj")(x)
+    x = norm(name="proj_norm")(x)
+  return nn.relu(x + y)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
   filters: int
@@ -47,10 +58,7 @@ class BasicBlock(nn.Module):
     y = nn.Conv(self.filters, (3, 3), padding=1, use_bias=False)(y)
     # Zero-init of the last norm's scale makes each block start as the identity.
     y = norm(scale_init=nn.initializers.zeros)(y)
-    if x.shape != y.shape:
-      x = nn.Conv(self.filters, (1, 1), self.strides, use_bias=False, name="proj")(x)
-      x = norm(name="proj_norm")(x)
-    return nn.relu(x + y)
+    return _residual(x, y, self.filters, self.strides, norm)
 
 
 class BottleneckBlock(nn.Module):
@@ -68,10 +76,7 @@ class BottleneckBlock(nn.Module):
     y = nn.relu(norm()(y))
     y = nn.Conv(self.filters * 4, (1, 1), use_bias=False)(y)
     y = norm(scale_init=nn.initializers.zeros)(y)
-    if x.shape != y.shape:
-      x = nn.Conv(self.filters * 4, (1, 1), self.strides, use_bias=False, name="proj")(x)
-      x = norm(name="proj_norm")(x)
-    return nn.relu(x + y)
+    return _residual(x, y, self.filters * 4, self.strides, norm)
 
 
 class ResNet(nn.Module):

@@ -82,7 +82,8 @@ class ClassifyLocalizeTask(base.Task):
     self._model = ClassifyLocalize(
         num_classes=len(self.class_names), backbone=config.model.backbone,
         backbone_kwargs=dict(config.model.backbone_kwargs),
-        neck_channels=config.model.neck_channels, hidden=config.model.hidden)
+        neck_channels=config.model.neck_channels, hidden=config.model.hidden,
+        roi_feature=config.model.get("roi_feature", "C3"))
 
   @property
   def model(self) -> ClassifyLocalize:

@@ -73,7 +73,7 @@ def synthetic_proposals(boxes: np.ndarray, box_valid: np.ndarray, image_size: in
 
 
 class DetectionEvaluator(base.Evaluator):
-  """COCO box AP/AR of the detections plus ``rpn_AR100`` of the proposals.
+  """COCO box AP/AR of the detections plus ``rpn_AR100``, ``rpn_recall50``, ``rpn_recall75``.
 
   ``on_result`` (optional) receives the detections' full ``CocoResult`` (per-class
   precision/recall arrays) when ``result`` runs, e.g. to draw PR curves.
@@ -96,7 +96,16 @@ class DetectionEvaluator(base.Evaluator):
     detailed = self.detections.detailed_result()
     if self._on_result is not None:
       self._on_result(detailed)
-    return {**detailed.stats, "rpn_AR100": self.proposals.result()["AR100"]}
+    proposals = self.proposals.detailed_result()
+    metrics = {**detailed.stats, "rpn_AR100": proposals.stats["AR100"]}
+    # Recall of the first 100 proposals at single IoU thresholds (all areas): how many
+    # objects the RPN finds at all (0.5) and how tightly (0.75).
+    max_detections = list(proposals.params.max_detections).index(PROPOSALS_FOR_RECALL)
+    for threshold in (0.5, 0.75):
+      index = int(np.flatnonzero(np.isclose(proposals.params.iou_thresholds, threshold))[0])
+      metrics[f"rpn_recall{round(threshold * 100)}"] = float(
+          proposals.recall[index, 0, 0, max_detections])
+    return metrics
 
 
 @base.register("detection")

@@ -57,3 +57,15 @@ def test_reliability_diagram_png(tmp_path):
   with Image.open(path) as image:
     assert image.format == "PNG" and image.width > 200
   assert pathlib.Path(path).read_bytes() != pathlib.Path(other).read_bytes()
+
+
+def test_draw_boxes_outlines_finite_boxes_and_skips_non_finite_ones():
+  image = np.zeros((32, 32, 3), np.uint8)
+  boxes = np.array([[4, 4, 20, 20], [np.nan, 2, 10, 10], [1, 1, np.inf, 5]], np.float32)
+  drawn = viz.draw_boxes(image, boxes, ["a", "b", "c"], viz.PREDICTED_COLOUR, scale=2)
+  assert drawn.shape == (64, 64, 3)
+  # The finite box's outline is drawn at twice its coordinates.
+  assert tuple(drawn[8, 20]) == viz.PREDICTED_COLOUR
+  assert tuple(drawn[30, 40]) == viz.PREDICTED_COLOUR
+  # Nothing of the other two: the pixels they would cover stay black.
+  assert not drawn[2:4, 30:60].any()

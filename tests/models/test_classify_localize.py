@@ -42,6 +42,22 @@ def test_heads_share_the_neck_and_stack_into_w():
   chex.assert_shape(stacked_head_weights(variables["params"]), (16 + 16, 10))
 
 
+@pytest.mark.parametrize("roi_feature, channels", [("C2", 8), ("C3", 16)])
+def test_roi_features_come_from_the_named_backbone_level(roi_feature, channels):
+  model = ClassifyLocalize(num_classes=6, backbone="resnet_tiny", hidden=16, neck_channels=4,
+                           roi_feature=roi_feature)
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+  # resnet_tiny: 8 channels in C2, 16 in C3; the RoI FC reads a 7 x 7 grid of them.
+  chex.assert_shape(variables["params"]["roi_fc"]["kernel"], (7 * 7 * channels, 16))
+
+
+def test_unknown_roi_feature_is_an_error_naming_it():
+  model = ClassifyLocalize(num_classes=6, backbone="resnet_tiny", roi_feature="P3")
+  with pytest.raises(ValueError, match="roi_feature 'P3'"):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+
+
 def test_regularizers_match_numpy():
   w = np.random.default_rng(0).normal(size=(12, 10)).astype(np.float32)
   np.testing.assert_allclose(multitask_regularizer(w, "frobenius"), np.sum(w**2), rtol=1e-5)

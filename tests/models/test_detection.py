@@ -129,6 +129,7 @@ def test_rpn_loss_matches_torchvision_compute_loss():
 
   losses = detection.rpn_loss(jnp.asarray(logits), jnp.asarray(deltas),
                               {"objectness": jnp.asarray(objectness),
+                               "positive": jnp.asarray(objectness == 1),
                                "sampled": jnp.asarray(sampled),
                                "box_targets": jnp.asarray(box_targets)}, beta=1 / 9)
 
@@ -194,6 +195,34 @@ def test_rpn_targets_without_gt_are_all_negative_with_finite_loss():
                               jnp.ones((1, len(anchors), 4)), batched, beta=1 / 9)
   assert np.isfinite(float(losses["rpn_objectness"])) and float(losses["rpn_objectness"]) > 0
   assert float(losses["rpn_box"]) == 0.0
+
+
+def test_rpn_iou_objectness_targets_are_the_predicted_boxes_iou():
+  anchors = _anchors()
+  chosen = 800
+  gt_boxes = jnp.stack([anchors[chosen], jnp.array([2.0, 3.0, 30.0, 20.0]), jnp.zeros(4)])
+  gt_valid = jnp.array([True, True, False])
+  deltas = 0.2 * jax.random.normal(jax.random.key(5), anchors.shape)
+  deltas = deltas.at[chosen].set(0.0)  # this anchor predicts its ground truth exactly
+  binary = detection.rpn_targets(anchors, gt_boxes, gt_valid, jax.random.key(0), **RPN_SETTINGS)
+  soft = detection.rpn_targets(anchors, gt_boxes, gt_valid, jax.random.key(0),
+                               objectness_target="iou", deltas=deltas, **RPN_SETTINGS)
+  # Same anchors, sample and box targets; only the positives' objectness changes.
+  for name in ("positive", "sampled", "box_targets"):
+    np.testing.assert_array_equal(soft[name], binary[name])
+  positive = np.asarray(soft["positive"])
+  assert not np.any(np.asarray(soft["objectness"])[~positive])
+  np.testing.assert_allclose(soft["objectness"][chosen], 1.0, rtol=1e-6)
+  predicted = ops.decode_boxes(deltas[positive], anchors[positive])
+  best_iou = np.asarray(ops.box_iou(predicted, gt_boxes[:2])).max(axis=1)
+  np.testing.assert_allclose(np.asarray(soft["objectness"])[positive], best_iou, atol=1e-5)
+  assert np.any(np.asarray(soft["objectness"])[positive] < 0.99)
+  with pytest.raises(ValueError, match="needs the predicted deltas"):
+    detection.rpn_targets(anchors, gt_boxes, gt_valid, jax.random.key(0),
+                          objectness_target="iou", **RPN_SETTINGS)
+  with pytest.raises(ValueError, match="rpn_objectness_target 'centerness'"):
+    detection.rpn_targets(anchors, gt_boxes, gt_valid, jax.random.key(0),
+                          objectness_target="centerness", deltas=deltas, **RPN_SETTINGS)
 
 
 def test_roi_targets_add_gt_boxes_as_perfect_positives():
