@@ -7,9 +7,9 @@ Variants (``:arg``): none (the reported run: under 30 minutes on a 2-core CPU, s
 docs/RESULTS.md), ``quick`` (tests: a tiny model and dataset, a few steps), ``fast_rcnn``
 (the same detector with proposals supplied with the data instead of the RPN).
 
-Differences from the COCO recipe, for CPU speed at 128 px: a small ResNet with 64 FPN
-channels, anchors of 16..256 px, fewer proposals (500 per level before NMS, 300 after in
-training) and 128 sampled RoIs per image instead of 512, a 256-wide box head, AdamW.
+Differences from the COCO recipe, for CPU speed at 128 px: a small ResNet with 32 FPN
+channels, anchors of 8..128 px (objects are 8-64 px), fewer proposals (500 per level before
+NMS, 300 after) and 128 sampled RoIs per image instead of 512, a 256-wide box head, AdamW.
 """
 
 import ml_collections
