@@ -391,8 +391,6 @@ class FasterRCNN(nn.Module):
     rpn_nms_threshold: IoU of the proposal NMS (0.7).
     rpn_min_size: minimum proposal side (pixels).
     rpn_objectness_target: ``"binary"`` or ``"iou"`` (see :func:`rpn_targets`).
-    rpn_smooth_l1_beta: smooth-L1 transition point of the RPN box loss (None: as
-      ``smooth_l1_beta``; 0: L1).
     roi_foreground_iou, roi_background_iou: RoI matching thresholds (0.5 / 0.5).
     roi_samples_per_image, roi_positive_fraction: RoI sampling (512, 0.25).
     roi_pool_size, roi_sampling_ratio: RoIAlign output side and samples per bin (7, 2).
@@ -419,7 +417,6 @@ class FasterRCNN(nn.Module):
   rpn_nms_threshold: float = 0.7
   rpn_min_size: float = 1e-3
   rpn_objectness_target: str = "binary"
-  rpn_smooth_l1_beta: float | None = None
   roi_foreground_iou: float = 0.5
   roi_background_iou: float = 0.5
   roi_samples_per_image: int = 512
@@ -512,8 +509,8 @@ class FasterRCNN(nn.Module):
             positive_fraction=self.rpn_positive_fraction,
             objectness_target=self.rpn_objectness_target, deltas=d))(
                 gt_boxes, gt_valid, jax.random.split(rpn_rng, batch_size), all_deltas)
-        rpn_beta = self.smooth_l1_beta if self.rpn_smooth_l1_beta is None else self.rpn_smooth_l1_beta
-        losses.update(rpn_loss(jnp.concatenate(logits, 1), all_deltas, targets, rpn_beta))
+        losses.update(rpn_loss(jnp.concatenate(logits, 1), all_deltas, targets,
+                               self.smooth_l1_beta))
     else:
       if proposals is None or proposal_valid is None:
         raise ValueError("proposal_source='data' (Fast R-CNN) needs proposals and "
