@@ -39,7 +39,8 @@ def main() -> None:
   results = {count: measure(args.config, args.steps, count) for count in counts}
   base = results[counts[0]]
   print(f"{args.config}, {os.cpu_count()} cores")
-  print("| devices | train images/s | train ms/step | inference images/s | speed-up (train, inference) |")
+  print("| devices | train images/s | train ms/step | inference images/s "
+        "| speed-up (train, inference) |")
   print("|---:|---:|---:|---:|---:|")
   for count in counts:
     train, infer = results[count]["train step"], results[count]["inference"]

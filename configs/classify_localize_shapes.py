@@ -30,7 +30,8 @@ def get_config(arg=None):
   config.data = shapes_data_config(image_size=64, min_objects=1, max_objects=1, max_boxes=1)
 
   config.model = ml_collections.ConfigDict(dict(
-      backbone="resnet_small", backbone_kwargs=ml_collections.ConfigDict(dict(stem="stride2", width=16)),
+      backbone="resnet_small",
+      backbone_kwargs=ml_collections.ConfigDict(dict(stem="stride2", width=16)),
       neck_channels=32, hidden=256,
       roi_feature="C2",  # The backbone feature RoIAlign pools inside the located box (stride 2).
       box_loss="l2",  # "l2" | "smooth_l1" | "giou", on boxes normalized by the image size.

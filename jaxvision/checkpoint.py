@@ -82,7 +82,7 @@ def saved_structure(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]
 
 
 def _path_name(path) -> str:
-  """``opt_state/0/0/count`` whether the tree holds a namedtuple or (as in orbax metadata) a dict."""
+  """``opt_state/0/0/count``, whether the tree holds a namedtuple or (orbax metadata) a dict."""
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 

@@ -3,8 +3,9 @@
 XLA:CPU runs one program on a pool of threads but leaves much of a small convolutional
 network's work (weight gradients in particular) on one core; data parallelism over several
 host-platform devices keeps more cores busy (on 2 cores: the classification train step
-1.8x faster, detection inference 1.4x; see docs/BENCHMARKS.md). The batch is sharded over devices exactly as on accelerators (BatchNorm
-statistics are still those of the global batch), so only float reduction order changes.
+1.8x faster, detection inference 1.4x; see docs/BENCHMARKS.md). The batch is sharded over
+devices exactly as on accelerators (BatchNorm statistics are still those of the global
+batch), so only float reduction order changes.
 
 ``configure()`` must run before jax is imported; the command-line entry points
 (``jaxvision.train``, ``jaxvision.evaluate``) call it first. It does nothing when

@@ -5,9 +5,10 @@ features, one for class logits and one for the normalized box ``(x1, y1, x2, y2)
 with one addition that makes small objects on cluttered backgrounds learnable: a coarse
 *locator* (an FC layer on the flattened C5, which keeps the spatial layout) predicts where
 the object is, and the shared features are that global C5 vector concatenated with
-RoIAlign-pooled features (``roi_feature``, C3 by default) inside the located box (what is there, at the object's scale,
-free of the background). Both heads read these shared features; the box head's output is
-the final box. Multitask regularizers act on the stacked head matrix ``W = [W_class | W_box]``.
+RoIAlign-pooled features (``roi_feature``, C3 by default) inside the located box (what is
+there, at the object's scale, free of the background). Both heads read these shared
+features; the box head's output is the final box. Multitask regularizers act on the stacked
+head matrix ``W = [W_class | W_box]``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _centred_box_init(*_):
 
 
 def normalized_to_pixels(boxes: jax.Array, image_size: int) -> jax.Array:
-  """Normalized predictions ``[B, 4]`` -> valid pixel boxes (clipped, ``x1 <= x2``, ``y1 <= y2``)."""
+  """Normalized predictions ``[B, 4]`` -> valid pixel boxes (clipped, x1 <= x2, y1 <= y2)."""
   boxes = jnp.clip(boxes, 0.0, 1.0) * image_size
   return jnp.concatenate([jnp.minimum(boxes[:, :2], boxes[:, 2:]),
                           jnp.maximum(boxes[:, :2], boxes[:, 2:])], axis=-1)

@@ -134,7 +134,7 @@ def rpn_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, rn
       raise ValueError("objectness_target='iou' needs the predicted deltas.")
     chex.assert_equal_shape([deltas, anchors])
     predicted = ops.decode_boxes(jax.lax.stop_gradient(deltas), anchors, RPN_BOX_WEIGHTS)
-    quality = jax.vmap(lambda a, b: ops.box_iou(a[None], b[None])[0, 0])(predicted, matched_boxes)
+    quality = ops.paired_box_iou(predicted, matched_boxes)
   else:
     raise ValueError(f"Unknown rpn_objectness_target {objectness_target!r}; use one of "
                      f"{RPN_OBJECTNESS_TARGETS}.")

@@ -17,6 +17,7 @@ from jaxvision.ops.boxes import decode_boxes
 from jaxvision.ops.boxes import DEFAULT_SCALE_CLAMP
 from jaxvision.ops.boxes import encode_boxes
 from jaxvision.ops.boxes import generalized_box_iou
+from jaxvision.ops.boxes import paired_box_iou
 from jaxvision.ops.boxes import small_box_mask
 from jaxvision.ops.boxes import xywh_to_xyxy
 from jaxvision.ops.boxes import xyxy_to_cxcywh

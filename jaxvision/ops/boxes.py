@@ -15,6 +15,7 @@ import math
 from typing import Sequence
 
 import chex
+import jax
 import jax.numpy as jnp
 
 # torchvision's BoxCoder default: never let exp(dw) scale a 16 px anchor beyond 1000 px.
@@ -85,6 +86,16 @@ def box_iou(boxes1: chex.Array, boxes2: chex.Array) -> chex.Array:
   _check_boxes(boxes2, "boxes2")
   inter, union = pairwise_intersection_and_union(boxes1, boxes2)
   return _safe_divide(inter, union)
+
+
+def paired_box_iou(boxes1: chex.Array, boxes2: chex.Array) -> chex.Array:
+  """IoU of ``boxes1[i]`` with ``boxes2[i]``: ``[N, 4] x [N, 4] -> [N]``.
+
+  The diagonal of :func:`box_iou`, without building the ``N x N`` matrix.
+  """
+  chex.assert_rank([boxes1, boxes2], 2)
+  chex.assert_equal_shape([boxes1, boxes2])
+  return jax.vmap(lambda a, b: box_iou(a[None], b[None])[0, 0])(boxes1, boxes2)
 
 
 def generalized_box_iou(boxes1: chex.Array, boxes2: chex.Array) -> chex.Array:

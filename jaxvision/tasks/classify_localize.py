@@ -26,11 +26,6 @@ from jaxvision.tasks import base
 BOX_LOSSES = ("l2", "smooth_l1", "giou")
 
 
-def paired_iou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
-  """IoU of ``boxes1[i]`` with ``boxes2[i]``: ``[N, 4] x [N, 4] -> [N]``."""
-  return jax.vmap(lambda a, b: ops.box_iou(a[None], b[None])[0, 0])(boxes1, boxes2)
-
-
 def box_loss(predicted: jax.Array, target: jax.Array, kind: str) -> jax.Array:
   """Per-example loss between normalized ``(x1, y1, x2, y2)`` boxes ``[N, 4]`` -> ``[N]``."""
   if kind == "l2":
@@ -130,7 +125,7 @@ class ClassifyLocalizeTask(base.Task):
 
   def eval_outputs(self, variables, batch):
     outputs = self._forward(variables, batch["image"])
-    outputs["iou"] = paired_iou(outputs["boxes"], batch["boxes"][:, 0])
+    outputs["iou"] = ops.paired_box_iou(outputs["boxes"], batch["boxes"][:, 0])
     return outputs
 
   def make_evaluator(self) -> ClassifyLocalizeEvaluator:

@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxvision import ops
 from jaxvision.models.classify_localize import (ClassifyLocalize, multitask_regularizer,
                                                 stacked_head_weights)
 from jaxvision.models.resnet import build_backbone
-from jaxvision.tasks.classify_localize import box_loss, paired_iou
+from jaxvision.tasks.classify_localize import box_loss
 
 
 def test_backbone_features_are_named_and_strided():
@@ -88,7 +89,8 @@ def test_trace_norm_prefers_low_rank():
 def test_box_losses_and_paired_iou():
   target = jnp.array([[0.1, 0.1, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0]])
   predicted = jnp.array([[0.1, 0.1, 0.5, 0.5], [0.0, 0.0, 0.5, 1.0]])
-  np.testing.assert_allclose(paired_iou(predicted * 64, target * 64), [1.0, 0.5], rtol=1e-6)
+  np.testing.assert_allclose(ops.paired_box_iou(predicted * 64, target * 64), [1.0, 0.5],
+                             rtol=1e-6)
   np.testing.assert_allclose(box_loss(predicted, target, "l2"), [0.0, 0.25], rtol=1e-6)
   np.testing.assert_allclose(box_loss(predicted, target, "giou"), [0.0, 0.5], rtol=1e-5)
   smooth = box_loss(predicted, target, "smooth_l1")

@@ -129,3 +129,14 @@ def test_matches_torchvision():
   np.testing.assert_allclose(
       ops.decode_boxes(deltas, anchors, (10.0, 10.0, 5.0, 5.0)),
       coder.decode_single(torch.from_numpy(deltas), torch.from_numpy(anchors)), atol=1e-4)
+
+
+def test_paired_box_iou_is_the_diagonal_of_box_iou():
+  rng = np.random.default_rng(11)
+  corners = rng.uniform(0, 50, (2, 30, 2, 2))
+  boxes1, boxes2 = (np.concatenate([c.min(axis=1), c.max(axis=1)], 1).astype(np.float32)
+                    for c in corners)
+  np.testing.assert_allclose(ops.paired_box_iou(boxes1, boxes2),
+                             np.diag(np.asarray(ops.box_iou(boxes1, boxes2))), rtol=1e-6)
+  with pytest.raises(AssertionError):
+    ops.paired_box_iou(boxes1, boxes2[:5])
