@@ -8,8 +8,11 @@ docs/RESULTS.md), ``quick`` (tests: a tiny model and dataset, a few steps), ``fa
 (the same detector with proposals supplied with the data instead of the RPN).
 
 Differences from the COCO recipe, for CPU speed at 128 px: a small ResNet with 32 FPN
-channels, anchors of 8..128 px (objects are 8-64 px), fewer proposals (500 per level before
-NMS, 300 after) and 128 sampled RoIs per image instead of 512, a 256-wide box head, AdamW.
+channels, fewer proposals (500 per level before NMS, 300 after) and 128 sampled RoIs per
+image instead of 512, a 256-wide box head, AdamW. For tighter proposals on objects of
+8-64 px (docs/RESULTS.md): anchors of 16..256 px at three scales per level (RetinaNet's
+2 ** (k / 3)), so that most objects have an anchor at IoU >= 0.7 to train on; a three-conv
+RPN head; the RPN's box loss weighted 10x.
 """
 
 import ml_collections
@@ -42,10 +45,13 @@ def get_config(arg=None):
       backbone_kwargs=ml_collections.ConfigDict(dict(stem="imagenet", norm="batch")),
       fpn_channels=32,
       proposal_source="rpn",  # "rpn" (Faster R-CNN) | "data" (Fast R-CNN)
-      anchor_sizes=(8.0, 16.0, 32.0, 64.0, 128.0),  # one per level P2..P6: objects are 8-64 px
+      anchor_sizes=(16.0, 32.0, 64.0, 128.0, 256.0),  # one per level P2..P6, times each scale
+      anchor_scales=(1.0, 2.0 ** (1 / 3), 2.0 ** (2 / 3)),
       aspect_ratios=(0.5, 1.0, 2.0),
+      rpn_head_convs=3,
       rpn_samples_per_image=256, rpn_positive_fraction=0.5,
       rpn_objectness_target="binary",  # "binary" (Faster R-CNN) | "iou" (localization quality)
+      rpn_box_loss="smooth_l1", rpn_box_loss_weight=10.0,
       rpn_pre_nms_top_n_train=500, rpn_pre_nms_top_n_test=500,
       rpn_post_nms_top_n_train=300, rpn_post_nms_top_n_test=300,
       roi_samples_per_image=128, roi_positive_fraction=0.25,
@@ -74,7 +80,6 @@ def get_config(arg=None):
     config.data.num_test = 16
     config.model.backbone = "resnet_tiny"
     config.model.fpn_channels = 16
-    config.model.anchor_sizes = (8.0, 16.0, 32.0, 64.0, 128.0)
     config.model.rpn_pre_nms_top_n_train = 100
     config.model.rpn_pre_nms_top_n_test = 100
     config.model.rpn_post_nms_top_n_train = 50

@@ -38,6 +38,7 @@ from jaxvision.models.resnet import build_backbone
 
 PROPOSAL_SOURCES = ("rpn", "data")
 RPN_OBJECTNESS_TARGETS = ("binary", "iou")
+RPN_BOX_LOSSES = ("smooth_l1", "giou")
 RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 _BACKGROUND = 0  # class id of background RoIs
 
@@ -56,13 +57,16 @@ def smooth_l1(predicted: jax.Array, target: jax.Array, beta: float) -> jax.Array
 
 
 def level_anchors(feature_shapes: Sequence[tuple[int, int]], strides: Sequence[int],
-                  sizes: Sequence[float], aspect_ratios: Sequence[float]) -> list[jax.Array]:
+                  sizes: Sequence[float], aspect_ratios: Sequence[float],
+                  scales: Sequence[float] = (1.0,)) -> list[jax.Array]:
   """Anchors of every pyramid level, ``[H_l * W_l * A, 4]`` each.
 
   The order is (row, column, anchor), the order in which :class:`RPNHead` flattens its
-  outputs. Each level uses one anchor size (FPN) and every aspect ratio.
+  outputs. Level ``l`` uses the sizes ``sizes[l] * scale`` for every scale (FPN: the one
+  scale 1; RetinaNet: ``2 ** (k / 3)``, k = 0, 1, 2) and every aspect ratio, so
+  ``A = len(scales) * len(aspect_ratios)``.
   """
-  per_level_sizes = [(size,) for size in sizes]
+  per_level_sizes = [tuple(size * scale for scale in scales) for size in sizes]
   per_level_ratios = [tuple(aspect_ratios)] * len(sizes)
   anchors = ops.generate_anchors(feature_shapes, strides, per_level_sizes, per_level_ratios)
   counts = ops.num_anchors_per_level(feature_shapes, per_level_sizes, per_level_ratios)
@@ -70,24 +74,32 @@ def level_anchors(feature_shapes: Sequence[tuple[int, int]], strides: Sequence[i
 
 
 class RPNHead(nn.Module):
-  """Shared 3x3 conv + ReLU, then per-anchor objectness logits and box deltas per level.
+  """Shared 3x3 conv(s) + ReLU, then per-anchor objectness logits and box deltas per level.
 
   Attributes:
-    num_anchors: anchors per feature-map location (the number of aspect ratios).
+    num_anchors: anchors per feature-map location (scales x aspect ratios).
+    num_convs: shared 3x3 conv + ReLU layers before the predictors (1 in Faster R-CNN).
   """
   num_anchors: int
+  num_convs: int = 1
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
     """``[N, H_l, W_l, C]`` per level -> logits ``[N, H_l*W_l*A]``, deltas ``[N, H_l*W_l*A, 4]``."""
     init = nn.initializers.normal(0.01)
-    conv = nn.Conv(features[0].shape[-1], (3, 3), padding=1, kernel_init=init, name="conv")
+    if self.num_convs < 1:
+      raise ValueError(f"RPNHead needs at least one conv layer; got num_convs={self.num_convs}.")
+    # The first layer keeps Faster R-CNN's name, so one-conv heads restore as before.
+    convs = [nn.Conv(features[0].shape[-1], (3, 3), padding=1, kernel_init=init,
+                     name="conv" if i == 0 else f"conv{i + 1}") for i in range(self.num_convs)]
     objectness = nn.Conv(self.num_anchors, (1, 1), kernel_init=init, name="objectness")
     box_deltas = nn.Conv(4 * self.num_anchors, (1, 1), kernel_init=init, name="box_deltas")
     logits, deltas = [], []
     for x in features:
       chex.assert_rank(x, 4)
-      hidden = nn.relu(conv(x))
+      hidden = x
+      for conv in convs:
+        hidden = nn.relu(conv(hidden))
       logits.append(objectness(hidden).reshape(x.shape[0], -1))
       deltas.append(box_deltas(hidden).reshape(x.shape[0], -1, 4))
     return logits, deltas
@@ -144,8 +156,9 @@ def rpn_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, rn
 
 
 def rpn_loss(logits: jax.Array, deltas: jax.Array, targets: dict[str, jax.Array],
-             beta: float) -> dict[str, jax.Array]:
-  """Binary cross-entropy over sampled anchors + smooth-L1 over positive ones.
+             beta: float, box_loss: str = "smooth_l1",
+             anchors: jax.Array | None = None) -> dict[str, jax.Array]:
+  """Binary cross-entropy over sampled anchors + a box loss over positive ones.
 
   Both are normalized by the number of sampled anchors in the whole batch, as in
   torchvision. The objectness targets may be soft (``rpn_targets(objectness_target="iou")``).
@@ -155,6 +168,11 @@ def rpn_loss(logits: jax.Array, deltas: jax.Array, targets: dict[str, jax.Array]
     deltas: ``[N, A, 4]`` predicted box deltas.
     targets: :func:`rpn_targets` outputs stacked over the batch.
     beta: smooth-L1 transition point (torchvision: 1/9).
+    box_loss: ``"smooth_l1"`` on the deltas (Faster R-CNN) or ``"giou"``: ``1 - GIoU`` of
+      the decoded box with its ground truth (Rezatofighi et al. 2019; detectron2's
+      ``RPN.BBOX_REG_LOSS_TYPE="giou"``), which weighs every pixel of error by the
+      object's size, as IoU-based metrics do.
+    anchors: ``[A, 4]`` the anchors, to decode boxes (``box_loss="giou"``).
 
   Returns:
     ``{"rpn_objectness": scalar, "rpn_box": scalar}``.
@@ -164,7 +182,17 @@ def rpn_loss(logits: jax.Array, deltas: jax.Array, targets: dict[str, jax.Array]
   sampled = targets["sampled"].astype(jnp.float32)
   count = jnp.maximum(jnp.sum(sampled), 1.0)
   cross_entropy = optax.sigmoid_binary_cross_entropy(logits, targets["objectness"])
-  box_error = jnp.sum(smooth_l1(deltas, targets["box_targets"], beta), axis=-1)
+  if box_loss == "smooth_l1":
+    box_error = jnp.sum(smooth_l1(deltas, targets["box_targets"], beta), axis=-1)
+  elif box_loss == "giou":
+    if anchors is None:
+      raise ValueError("rpn_loss(box_loss='giou') needs the anchors.")
+    tiled = jnp.broadcast_to(anchors, deltas.shape)
+    predicted = ops.decode_boxes(deltas, tiled, RPN_BOX_WEIGHTS).reshape(-1, 4)
+    matched = ops.decode_boxes(targets["box_targets"], tiled, RPN_BOX_WEIGHTS).reshape(-1, 4)
+    box_error = 1.0 - ops.paired_generalized_box_iou(predicted, matched).reshape(logits.shape)
+  else:
+    raise ValueError(f"Unknown RPN box loss {box_loss!r}; use one of {RPN_BOX_LOSSES}.")
   positive = sampled * targets["positive"]
   return {"rpn_objectness": jnp.sum(cross_entropy * sampled) / count,
           "rpn_box": jnp.sum(box_error * positive) / count}
@@ -383,7 +411,10 @@ class FasterRCNN(nn.Module):
     proposal_source: ``"rpn"`` (Faster R-CNN) or ``"data"`` (Fast R-CNN: proposals are
       arguments of ``__call__``).
     anchor_sizes: one anchor size (pixels) per RPN level ``P2..P6``.
+    anchor_scales: multipliers of each level's size; every one gives anchors at every
+      location (FPN: ``(1.0,)``; RetinaNet: ``(1, 2 ** (1 / 3), 2 ** (2 / 3))``).
     aspect_ratios: anchor height / width ratios at every location.
+    rpn_head_convs: shared 3x3 conv layers of the RPN head (1 in Faster R-CNN).
     rpn_foreground_iou, rpn_background_iou: anchor matching thresholds (0.7 / 0.3).
     rpn_samples_per_image, rpn_positive_fraction: anchor sampling (256, 0.5).
     rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test: candidates per level before NMS.
@@ -397,6 +428,10 @@ class FasterRCNN(nn.Module):
     box_head_hidden: width of the head's two FC layers (1024).
     box_weights: box-coder weights of the head (10, 10, 5, 5).
     smooth_l1_beta: smooth-L1 transition point of both box losses (1/9).
+    rpn_box_loss: ``"smooth_l1"`` or ``"giou"`` (see :func:`rpn_loss`).
+    rpn_box_loss_weight: factor of the RPN's box loss (1 in Faster R-CNN). Normalized by
+      all sampled anchors, the box loss of an image with few objects is small next to the
+      other three; a larger weight trains tighter proposals.
     score_threshold, nms_threshold, max_detections, detection_candidates: inference.
   """
   num_classes: int
@@ -405,7 +440,9 @@ class FasterRCNN(nn.Module):
   fpn_channels: int = 256
   proposal_source: str = "rpn"
   anchor_sizes: Sequence[float] = (32.0, 64.0, 128.0, 256.0, 512.0)
+  anchor_scales: Sequence[float] = (1.0,)
   aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0)
+  rpn_head_convs: int = 1
   rpn_foreground_iou: float = 0.7
   rpn_background_iou: float = 0.3
   rpn_samples_per_image: int = 256
@@ -426,6 +463,8 @@ class FasterRCNN(nn.Module):
   box_head_hidden: int = 1024
   box_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0)
   smooth_l1_beta: float = 1.0 / 9.0
+  rpn_box_loss: str = "smooth_l1"
+  rpn_box_loss_weight: float = 1.0
   score_threshold: float = 0.05
   nms_threshold: float = 0.5
   max_detections: int = 100
@@ -435,6 +474,9 @@ class FasterRCNN(nn.Module):
     if self.proposal_source not in PROPOSAL_SOURCES:
       raise ValueError(f"Unknown proposal_source {self.proposal_source!r}; use one of "
                        f"{PROPOSAL_SOURCES}.")
+    if self.rpn_box_loss not in RPN_BOX_LOSSES:
+      raise ValueError(f"Unknown rpn_box_loss {self.rpn_box_loss!r}; use one of "
+                       f"{RPN_BOX_LOSSES}.")
     if self.rpn_objectness_target not in RPN_OBJECTNESS_TARGETS:
       raise ValueError(f"Unknown rpn_objectness_target {self.rpn_objectness_target!r}; use one "
                        f"of {RPN_OBJECTNESS_TARGETS}.")
@@ -442,7 +484,8 @@ class FasterRCNN(nn.Module):
                                           **(self.backbone_kwargs or {}))
     self.fpn = FPN(self.fpn_channels, extra_max_pool_level=self.proposal_source == "rpn")
     if self.proposal_source == "rpn":
-      self.rpn_head = RPNHead(len(self.aspect_ratios))
+      self.rpn_head = RPNHead(len(self.anchor_scales) * len(self.aspect_ratios),
+                              self.rpn_head_convs)
     self.box_head = RoIBoxHead(self.num_classes, self.box_head_hidden)
 
   def __call__(self, images: jax.Array, *, train: bool, gt_boxes: jax.Array | None = None,
@@ -492,7 +535,7 @@ class FasterRCNN(nn.Module):
       logits, deltas = self.rpn_head(features)
       anchors = level_anchors([x.shape[1:3] for x in features],
                               [2 ** int(name[1:]) for name in rpn_levels], self.anchor_sizes,
-                              self.aspect_ratios)
+                              self.aspect_ratios, self.anchor_scales)
       pre_nms = self.rpn_pre_nms_top_n_train if train else self.rpn_pre_nms_top_n_test
       post_nms = self.rpn_post_nms_top_n_train if train else self.rpn_post_nms_top_n_test
       proposals, proposal_scores, proposal_valid = jax.vmap(
@@ -509,8 +552,10 @@ class FasterRCNN(nn.Module):
             positive_fraction=self.rpn_positive_fraction,
             objectness_target=self.rpn_objectness_target, deltas=d))(
                 gt_boxes, gt_valid, jax.random.split(rpn_rng, batch_size), all_deltas)
-        losses.update(rpn_loss(jnp.concatenate(logits, 1), all_deltas, targets,
-                               self.smooth_l1_beta))
+        rpn_losses = rpn_loss(jnp.concatenate(logits, 1), all_deltas, targets,
+                              self.smooth_l1_beta, self.rpn_box_loss, all_anchors)
+        rpn_losses["rpn_box"] = self.rpn_box_loss_weight * rpn_losses["rpn_box"]
+        losses.update(rpn_losses)
     else:
       if proposals is None or proposal_valid is None:
         raise ValueError("proposal_source='data' (Fast R-CNN) needs proposals and "

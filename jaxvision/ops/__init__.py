@@ -18,6 +18,7 @@ from jaxvision.ops.boxes import DEFAULT_SCALE_CLAMP
 from jaxvision.ops.boxes import encode_boxes
 from jaxvision.ops.boxes import generalized_box_iou
 from jaxvision.ops.boxes import paired_box_iou
+from jaxvision.ops.boxes import paired_generalized_box_iou
 from jaxvision.ops.boxes import small_box_mask
 from jaxvision.ops.boxes import xywh_to_xyxy
 from jaxvision.ops.boxes import xyxy_to_cxcywh
@@ -59,6 +60,8 @@ __all__ = [
     "match_iou",
     "multilevel_roi_align",
     "nms",
+    "paired_box_iou",
+    "paired_generalized_box_iou",
     "num_anchors_per_level",
     "paste_masks",
     "roi_align",

@@ -116,6 +116,16 @@ def generalized_box_iou(boxes1: chex.Array, boxes2: chex.Array) -> chex.Array:
   return iou - _safe_divide(enclosing_area - union, enclosing_area)
 
 
+def paired_generalized_box_iou(boxes1: chex.Array, boxes2: chex.Array) -> chex.Array:
+  """GIoU of ``boxes1[i]`` with ``boxes2[i]``: ``[N, 4] x [N, 4] -> [N]``.
+
+  The diagonal of :func:`generalized_box_iou`, without building the ``N x N`` matrix.
+  """
+  chex.assert_rank([boxes1, boxes2], 2)
+  chex.assert_equal_shape([boxes1, boxes2])
+  return jax.vmap(lambda a, b: generalized_box_iou(a[None], b[None])[0, 0])(boxes1, boxes2)
+
+
 def xyxy_to_xywh(boxes: chex.Array) -> chex.Array:
   """``(x1, y1, x2, y2) -> (x1, y1, w, h)`` (COCO format), ``[..., 4] -> [..., 4]``."""
   _check_boxes(boxes)

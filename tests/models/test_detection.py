@@ -290,3 +290,82 @@ def test_roi_samples_beyond_candidates_is_an_error():
         v, images, train=True, gt_boxes=jnp.zeros((1, 2, 4)),
         gt_labels=jnp.zeros((1, 2), jnp.int32), gt_valid=jnp.zeros((1, 2), bool),
         rngs={"sampling": jax.random.key(0)}, mutable=["batch_stats"]), variables)
+
+
+def test_anchor_scales_give_every_scale_at_every_location_in_head_order():
+  scales = (1.0, 2.0)
+  levels = detection.level_anchors([(4, 4), (2, 2)], [4, 8], (8.0, 16.0), (0.5, 1.0, 2.0),
+                                   scales)
+  assert [len(a) for a in levels] == [4 * 4 * 6, 2 * 2 * 6]
+  for anchors, size in zip(levels, (8.0, 16.0)):
+    cell = np.asarray(anchors[:6])  # the templates of location (0, 0), ratio-major
+    sides = np.sqrt((cell[:, 2] - cell[:, 0]) * (cell[:, 3] - cell[:, 1]))
+    np.testing.assert_allclose(sides, [size, 2 * size] * 3, rtol=0.1)  # rounded corners
+  # The head predicts one objectness and one delta per (scale, ratio) at every location,
+  # so a model with two scales has as many outputs as anchors, level by level.
+  model = detection.FasterRCNN(**{**TINY_MODEL, "anchor_scales": scales, "rpn_head_convs": 2})
+  images = jnp.zeros((1, 64, 64, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+  head = variables["params"]["rpn_head"]
+  assert sorted(head) == ["box_deltas", "conv", "conv2", "objectness"]
+  assert head["objectness"]["kernel"].shape[-1] == 6
+  assert head["box_deltas"]["kernel"].shape[-1] == 24
+  outputs = jax.eval_shape(lambda v: model.apply(
+      v, images, train=True, gt_boxes=jnp.zeros((1, 2, 4)),
+      gt_labels=jnp.zeros((1, 2), jnp.int32), gt_valid=jnp.zeros((1, 2), bool),
+      rngs={"sampling": jax.random.key(0)}, mutable=["batch_stats"]), variables)
+  assert set(outputs[0]["losses"]) >= {"rpn_objectness", "rpn_box"}
+
+
+def test_rpn_head_needs_a_conv_layer():
+  with pytest.raises(ValueError, match="num_convs=0"):
+    detection.RPNHead(3, num_convs=0).init(jax.random.key(0), [jnp.zeros((1, 4, 4, 8))])
+
+
+def test_rpn_giou_box_loss_on_a_hand_made_case():
+  anchors = jnp.array([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 4.0, 4.0]])
+  gt = jnp.array([[0.0, 0.0, 10.0, 20.0], [40.0, 40.0, 50.0, 50.0]])  # 2nd: beside the anchor
+  targets = {"objectness": jnp.array([[1.0, 1.0, 0.0]]),
+             "positive": jnp.array([[True, True, False]]),
+             "sampled": jnp.array([[True, True, True]]),
+             "box_targets": ops.encode_boxes(jnp.concatenate([gt, anchors[2:]]), anchors)[None]}
+  deltas = jnp.zeros((1, 3, 4))  # predicted boxes = anchors
+  losses = detection.rpn_loss(jnp.zeros((1, 3)), deltas, targets, 1 / 9, "giou", anchors)
+  # Anchor 0 inside its object: GIoU = IoU = 0.5. Anchor 1 disjoint from its object:
+  # IoU 0, enclosing box 30 x 30 = 900, union 200, GIoU = -700 / 900. Three sampled anchors.
+  np.testing.assert_allclose(losses["rpn_box"], ((1 - 0.5) + (1 + 700 / 900)) / 3, rtol=1e-6)
+  # Perfect predictions cost nothing; the gradient reaches the deltas.
+  perfect = detection.rpn_loss(jnp.zeros((1, 3)), targets["box_targets"], targets, 1 / 9,
+                               "giou", anchors)
+  np.testing.assert_allclose(perfect["rpn_box"], 0.0, atol=1e-6)
+  grad = jax.grad(lambda d: detection.rpn_loss(jnp.zeros((1, 3)), d, targets, 1 / 9, "giou",
+                                               anchors)["rpn_box"])(deltas)
+  assert np.abs(grad[0, :2]).sum() > 0 and np.all(grad[0, 2] == 0)  # negatives: no box loss
+  with pytest.raises(ValueError, match="needs the anchors"):
+    detection.rpn_loss(jnp.zeros((1, 3)), deltas, targets, 1 / 9, "giou")
+  with pytest.raises(ValueError, match="Unknown RPN box loss 'iou'"):
+    detection.rpn_loss(jnp.zeros((1, 3)), deltas, targets, 1 / 9, "iou", anchors)
+
+
+def test_rpn_box_loss_weight_scales_only_the_rpn_box_loss():
+  images = jax.random.uniform(jax.random.key(1), (1, 64, 64, 3))
+  truth = dict(gt_boxes=jnp.array([[[8.0, 8.0, 30.0, 28.0], [30.0, 34.0, 60.0, 60.0]]]),
+               gt_labels=jnp.array([[0, 2]]), gt_valid=jnp.array([[True, True]]))
+  variables = jax.jit(lambda: detection.FasterRCNN(**TINY_MODEL).init(
+      jax.random.key(0), images, train=False))()
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def losses(weight):
+    model = detection.FasterRCNN(**{**TINY_MODEL, "rpn_box_loss_weight": weight})
+    outputs, _ = model.apply(variables, images, train=True, **truth,
+                             rngs={"sampling": jax.random.key(2)}, mutable=["batch_stats"])
+    return outputs["losses"]
+
+  plain, tripled = jax.device_get(losses(1.0)), jax.device_get(losses(3.0))
+  assert plain["rpn_box"] > 0
+  np.testing.assert_allclose(tripled["rpn_box"], 3 * plain["rpn_box"], rtol=1e-5)
+  for name in ("rpn_objectness", "roi_classifier", "roi_box"):
+    np.testing.assert_allclose(tripled[name], plain[name], rtol=1e-5)
+  with pytest.raises(ValueError, match="Unknown rpn_box_loss 'l2'"):
+    jax.eval_shape(lambda: detection.FasterRCNN(**{**TINY_MODEL, "rpn_box_loss": "l2"}).init(
+        jax.random.key(0), images, train=False))

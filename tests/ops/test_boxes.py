@@ -131,12 +131,16 @@ def test_matches_torchvision():
       coder.decode_single(torch.from_numpy(deltas), torch.from_numpy(anchors)), atol=1e-4)
 
 
-def test_paired_box_iou_is_the_diagonal_of_box_iou():
+@pytest.mark.parametrize("paired,pairwise", [
+    (ops.paired_box_iou, ops.box_iou),
+    (ops.paired_generalized_box_iou, ops.generalized_box_iou)])
+def test_paired_iou_is_the_diagonal_of_the_pairwise_op(paired, pairwise):
   rng = np.random.default_rng(11)
   corners = rng.uniform(0, 50, (2, 30, 2, 2))
   boxes1, boxes2 = (np.concatenate([c.min(axis=1), c.max(axis=1)], 1).astype(np.float32)
                     for c in corners)
-  np.testing.assert_allclose(ops.paired_box_iou(boxes1, boxes2),
-                             np.diag(np.asarray(ops.box_iou(boxes1, boxes2))), rtol=1e-6)
+  want = np.diag(np.asarray(pairwise(boxes1, boxes2)))
+  assert want.min() < 0.05 and want.max() > 0.3  # disjoint and overlapping pairs both
+  np.testing.assert_allclose(paired(boxes1, boxes2), want, rtol=1e-6, atol=1e-7)
   with pytest.raises(AssertionError):
-    ops.paired_box_iou(boxes1, boxes2[:5])
+    paired(boxes1, boxes2[:5])
