@@ -88,14 +88,19 @@ def box_iou(boxes1: chex.Array, boxes2: chex.Array) -> chex.Array:
   return _safe_divide(inter, union)
 
 
+def _diagonal(pairwise, boxes1: chex.Array, boxes2: chex.Array) -> chex.Array:
+  """``pairwise(boxes1, boxes2)[i, i]`` for every ``i``, one pair at a time: ``[N]``."""
+  chex.assert_rank([boxes1, boxes2], 2)
+  chex.assert_equal_shape([boxes1, boxes2])
+  return jax.vmap(lambda a, b: pairwise(a[None], b[None])[0, 0])(boxes1, boxes2)
+
+
 def paired_box_iou(boxes1: chex.Array, boxes2: chex.Array) -> chex.Array:
   """IoU of ``boxes1[i]`` with ``boxes2[i]``: ``[N, 4] x [N, 4] -> [N]``.
 
   The diagonal of :func:`box_iou`, without building the ``N x N`` matrix.
   """
-  chex.assert_rank([boxes1, boxes2], 2)
-  chex.assert_equal_shape([boxes1, boxes2])
-  return jax.vmap(lambda a, b: box_iou(a[None], b[None])[0, 0])(boxes1, boxes2)
+  return _diagonal(box_iou, boxes1, boxes2)
 
 
 def generalized_box_iou(boxes1: chex.Array, boxes2: chex.Array) -> chex.Array:
@@ -121,9 +126,7 @@ def paired_generalized_box_iou(boxes1: chex.Array, boxes2: chex.Array) -> chex.A
 
   The diagonal of :func:`generalized_box_iou`, without building the ``N x N`` matrix.
   """
-  chex.assert_rank([boxes1, boxes2], 2)
-  chex.assert_equal_shape([boxes1, boxes2])
-  return jax.vmap(lambda a, b: generalized_box_iou(a[None], b[None])[0, 0])(boxes1, boxes2)
+  return _diagonal(generalized_box_iou, boxes1, boxes2)
 
 
 def xyxy_to_xywh(boxes: chex.Array) -> chex.Array:

@@ -33,8 +33,7 @@ def box_loss(predicted: jax.Array, target: jax.Array, kind: str) -> jax.Array:
   if kind == "smooth_l1":
     return jnp.sum(optax.huber_loss(predicted, target, delta=1.0 / 9.0) * 9.0, axis=-1)
   if kind == "giou":
-    giou = jax.vmap(lambda a, b: ops.generalized_box_iou(a[None], b[None])[0, 0])
-    return 1.0 - giou(predicted, target)
+    return 1.0 - ops.paired_generalized_box_iou(predicted, target)
   raise ValueError(f"Unknown model.box_loss {kind!r}; use one of {BOX_LOSSES}.")
 
 
