@@ -12,7 +12,8 @@ channels, fewer proposals (500 per level before NMS, 300 after) and 128 sampled 
 image instead of 512, a 256-wide box head, AdamW. For tighter proposals on objects of
 8-64 px (docs/RESULTS.md): anchors of 16..256 px at three scales per level (RetinaNet's
 2 ** (k / 3)), so that most objects have an anchor at IoU >= 0.7 to train on; a three-conv
-RPN head; the RPN's box loss weighted 10x.
+RPN head; the RPN's box loss weighted 10x; box voting of the proposals after their NMS
+(each proposal becomes the score-weighted mean of the candidates at IoU >= 0.6 with it).
 """
 
 import ml_collections
@@ -51,7 +52,9 @@ def get_config(arg=None):
       rpn_head_convs=3,
       rpn_samples_per_image=256, rpn_positive_fraction=0.5,
       rpn_objectness_target="binary",  # "binary" (Faster R-CNN) | "iou" (localization quality)
+      rpn_box_voting_iou=0.6,  # proposals: score-weighted mean of the candidates at IoU >= 0.6
       rpn_box_loss="smooth_l1", rpn_box_loss_weight=10.0,
+      smooth_l1_beta=1.0 / 9.0,  # both box losses (torchvision; detectron2 uses 0: L1)
       rpn_pre_nms_top_n_train=500, rpn_pre_nms_top_n_test=500,
       rpn_post_nms_top_n_train=300, rpn_post_nms_top_n_test=300,
       roi_samples_per_image=128, roi_positive_fraction=0.25,
@@ -61,7 +64,7 @@ def get_config(arg=None):
   config.data_proposals = ml_collections.ConfigDict(dict(
       num_proposals=300, jittered_per_object=20, jitter=0.25))
 
-  config.optimizer = default_optimizer_config(name="adamw", learning_rate=2e-3,
+  config.optimizer = default_optimizer_config(name="adamw", learning_rate=4e-3,
                                               warmup_steps=200, schedule="cosine",
                                               weight_decay=1e-4, grad_clip_norm=10.0)
 

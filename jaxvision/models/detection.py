@@ -200,13 +200,15 @@ def rpn_loss(logits: jax.Array, deltas: jax.Array, targets: dict[str, jax.Array]
 
 def propose(anchors: Sequence[jax.Array], logits: Sequence[jax.Array],
             deltas: Sequence[jax.Array], image_size: tuple[int, int], *, pre_nms_top_n: int,
-            post_nms_top_n: int, nms_threshold: float,
-            min_size: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+            post_nms_top_n: int, nms_threshold: float, min_size: float,
+            voting_iou: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
   """One image's proposals from its per-level RPN outputs (torchvision ``filter_proposals``).
 
   Per level the ``pre_nms_top_n`` highest-scoring anchors are decoded and clipped; boxes
   smaller than ``min_size`` are masked out; NMS runs per level; the ``post_nms_top_n``
-  best survivors over all levels are kept.
+  best survivors over all levels are kept. With ``voting_iou > 0`` each survivor is then
+  replaced by the score-weighted mean of the candidates (all levels) at IoU >= voting_iou
+  with it (:func:`jaxvision.ops.box_voting`); scores and order are unchanged.
 
   Args:
     anchors: per level ``[A_l, 4]``.
@@ -217,6 +219,7 @@ def propose(anchors: Sequence[jax.Array], logits: Sequence[jax.Array],
     post_nms_top_n: proposals returned (static length).
     nms_threshold: IoU threshold of the per-level NMS (0.7).
     min_size: minimum proposal side in pixels.
+    voting_iou: IoU of the box voting after NMS; 0 turns it off (Faster R-CNN).
 
   Returns:
     ``boxes [P, 4]``, ``scores [P]`` (sigmoid objectness, decreasing), ``valid bool[P]``.
@@ -230,11 +233,14 @@ def propose(anchors: Sequence[jax.Array], logits: Sequence[jax.Array],
     levels.append(jnp.full(top.shape, level, jnp.int32))
   boxes = ops.clip_boxes(jnp.concatenate(boxes), image_size)
   scores = jnp.concatenate(scores)
+  large_enough = ops.small_box_mask(boxes, min_size)
   keep, valid = ops.batched_nms(boxes, scores, jnp.concatenate(levels), nms_threshold,
-                                post_nms_top_n, valid=ops.small_box_mask(boxes, min_size))
+                                post_nms_top_n, valid=large_enough)
   keep = jnp.maximum(keep, 0)
-  return (jnp.where(valid[:, None], boxes[keep], 0.0), jnp.where(valid, scores[keep], 0.0),
-          valid)
+  kept = boxes[keep]
+  if voting_iou > 0:
+    kept = ops.box_voting(kept, boxes, scores, voting_iou, valid=large_enough)
+  return jnp.where(valid[:, None], kept, 0.0), jnp.where(valid, scores[keep], 0.0), valid
 
 
 # --- RoI box head --------------------------------------------------------------------------
@@ -422,6 +428,8 @@ class FasterRCNN(nn.Module):
     rpn_nms_threshold: IoU of the proposal NMS (0.7).
     rpn_min_size: minimum proposal side (pixels).
     rpn_objectness_target: ``"binary"`` or ``"iou"`` (see :func:`rpn_targets`).
+    rpn_box_voting_iou: box voting of the proposals after NMS (see :func:`propose`); 0
+      (Faster R-CNN) turns it off.
     roi_foreground_iou, roi_background_iou: RoI matching thresholds (0.5 / 0.5).
     roi_samples_per_image, roi_positive_fraction: RoI sampling (512, 0.25).
     roi_pool_size, roi_sampling_ratio: RoIAlign output side and samples per bin (7, 2).
@@ -454,6 +462,7 @@ class FasterRCNN(nn.Module):
   rpn_nms_threshold: float = 0.7
   rpn_min_size: float = 1e-3
   rpn_objectness_target: str = "binary"
+  rpn_box_voting_iou: float = 0.0
   roi_foreground_iou: float = 0.5
   roi_background_iou: float = 0.5
   roi_samples_per_image: int = 512
@@ -480,6 +489,9 @@ class FasterRCNN(nn.Module):
     if self.rpn_objectness_target not in RPN_OBJECTNESS_TARGETS:
       raise ValueError(f"Unknown rpn_objectness_target {self.rpn_objectness_target!r}; use one "
                        f"of {RPN_OBJECTNESS_TARGETS}.")
+    if not 0.0 <= self.rpn_box_voting_iou <= 1.0:
+      raise ValueError(f"rpn_box_voting_iou must be in [0, 1] (0: no voting), got "
+                       f"{self.rpn_box_voting_iou}.")
     self.backbone_module = build_backbone(self.backbone, name="backbone",
                                           **(self.backbone_kwargs or {}))
     self.fpn = FPN(self.fpn_channels, extra_max_pool_level=self.proposal_source == "rpn")
@@ -541,7 +553,7 @@ class FasterRCNN(nn.Module):
       proposals, proposal_scores, proposal_valid = jax.vmap(
           lambda l, d: propose(anchors, l, d, image_size, pre_nms_top_n=pre_nms,
                                post_nms_top_n=post_nms, nms_threshold=self.rpn_nms_threshold,
-                               min_size=self.rpn_min_size))(
+                               min_size=self.rpn_min_size, voting_iou=self.rpn_box_voting_iou))(
               jax.lax.stop_gradient(logits), jax.lax.stop_gradient(deltas))
       if train:
         all_anchors = jnp.concatenate(anchors)

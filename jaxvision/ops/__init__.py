@@ -32,6 +32,7 @@ from jaxvision.ops.matching import NEGATIVE
 from jaxvision.ops.matching import POSITIVE
 from jaxvision.ops.matching import sample_balanced
 from jaxvision.ops.nms import batched_nms
+from jaxvision.ops.nms import box_voting
 from jaxvision.ops.nms import nms
 from jaxvision.ops.roi_align import crop_and_resize_masks
 from jaxvision.ops.roi_align import fpn_level_index
@@ -47,6 +48,7 @@ __all__ = [
     "batched_nms",
     "box_area",
     "box_iou",
+    "box_voting",
     "clip_boxes",
     "crop_and_resize_masks",
     "cxcywh_to_xyxy",

@@ -21,6 +21,7 @@ from jaxvision import data as data_lib
 from jaxvision import ops, viz
 from jaxvision.models.classify_localize import (ClassifyLocalize, multitask_regularizer,
                                                 normalized_to_pixels, stacked_head_weights)
+from jaxvision.models.detection import smooth_l1
 from jaxvision.tasks import base
 
 BOX_LOSSES = ("l2", "smooth_l1", "giou")
@@ -31,7 +32,7 @@ def box_loss(predicted: jax.Array, target: jax.Array, kind: str) -> jax.Array:
   if kind == "l2":
     return jnp.sum((predicted - target) ** 2, axis=-1)
   if kind == "smooth_l1":
-    return jnp.sum(optax.huber_loss(predicted, target, delta=1.0 / 9.0) * 9.0, axis=-1)
+    return jnp.sum(smooth_l1(predicted, target, beta=1.0 / 9.0), axis=-1)
   if kind == "giou":
     return 1.0 - ops.paired_generalized_box_iou(predicted, target)
   raise ValueError(f"Unknown model.box_loss {kind!r}; use one of {BOX_LOSSES}.")

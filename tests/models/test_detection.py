@@ -61,6 +61,39 @@ def test_propose_matches_torchvision_filter_proposals():
   np.testing.assert_allclose(scores[:len(want_boxes)], want_scores, rtol=1e-6)
 
 
+def test_propose_box_voting_refines_the_kept_proposals_only():
+  rng = np.random.default_rng(1)
+  counts = [300, 120, 40]
+  anchors, logits, deltas = _rpn_level_inputs(rng, counts)
+  settings = dict(image_size=IMAGE_SIZE, pre_nms_top_n=60, post_nms_top_n=80,
+                  nms_threshold=0.7, min_size=2.0)
+  plain = detection.propose(anchors, logits, deltas, **settings)
+  voted = detection.propose(anchors, logits, deltas, **settings, voting_iou=0.6)
+  np.testing.assert_array_equal(voted[1], plain[1])  # scores, order and valid unchanged
+  np.testing.assert_array_equal(voted[2], plain[2])
+  # The voters: every level's top-60 candidates, decoded, clipped, big enough.
+  candidates, weights = [], []
+  for a, l, d in zip(anchors, logits, deltas):
+    top = np.argsort(-l, kind="stable")[:60]
+    candidates.append(ops.decode_boxes(d[top], a[top]))
+    weights.append(jax.nn.sigmoid(l[top]))
+  candidates = ops.clip_boxes(jnp.concatenate(candidates), IMAGE_SIZE)
+  want = ops.box_voting(plain[0], candidates, jnp.concatenate(weights), 0.6,
+                        valid=ops.small_box_mask(candidates, 2.0))
+  valid = np.asarray(plain[2])
+  np.testing.assert_allclose(np.asarray(voted[0])[valid], np.asarray(want)[valid], rtol=1e-5,
+                             atol=1e-4)
+  assert np.all(np.asarray(voted[0])[~valid] == 0)
+  moved = np.abs(np.asarray(voted[0]) - np.asarray(plain[0])).max(1)[valid]
+  assert np.sum(moved > 0.1) >= 5
+
+
+def test_faster_rcnn_rejects_box_voting_iou_outside_unit_interval():
+  model = detection.FasterRCNN(**{**TINY_MODEL, "rpn_box_voting_iou": 1.5})
+  with pytest.raises(ValueError, match="rpn_box_voting_iou"):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+
+
 def test_detect_matches_torchvision_postprocess_detections():
   rng = np.random.default_rng(1)
   num_rois, num_classes = 60, 4

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jaxvision.ops import batched_nms
+from jaxvision.ops import box_voting
 from jaxvision.ops import nms
 
 _PADDED = 320
@@ -299,3 +300,47 @@ def test_matches_torchvision():
     # torchvision's order among exactly tied scores is unspecified; compare set and scores.
     np.testing.assert_array_equal(np.sort(got), np.sort(expected))
     np.testing.assert_array_equal(scores[got], scores[expected])
+
+
+def test_box_voting_hand_case():
+  kept = np.array([[0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 0, 0]], np.float32)
+  boxes = np.array([[0, 0, 10, 10],     # the first kept box itself (score 0.6)
+                    [0, 0, 10, 12],     # IoU 10/12 with it (score 0.2)
+                    [2, 0, 12, 10],     # IoU 8/12 < 0.75: does not vote
+                    [50, 50, 60, 60],   # the second kept box, voted alone
+                    [0, 0, 10, 11]],    # padding: never votes
+                   np.float32)
+  scores = np.array([0.6, 0.2, 0.9, 0.5, 1.0], np.float32)
+  valid = np.array([True, True, True, True, False])
+  got = np.asarray(box_voting(kept, boxes, scores, 0.75, valid=valid))
+  np.testing.assert_allclose(got[0], [0, 0, 10, (0.6 * 10 + 0.2 * 12) / 0.8], rtol=1e-6)
+  np.testing.assert_allclose(got[1], kept[1])
+  np.testing.assert_allclose(got[2], kept[2])  # nothing overlaps an empty box: unchanged
+  # The threshold is inclusive: at 10/12 exactly the second candidate still votes.
+  got = np.asarray(box_voting(kept[:1], boxes[:2], scores[:2], 10 / 12))
+  np.testing.assert_allclose(got[0, 3], (0.6 * 10 + 0.2 * 12) / 0.8, rtol=1e-6)
+
+
+def test_box_voting_matches_detectron_loop_after_nms():
+  rng = np.random.default_rng(3)
+  boxes, scores = adversarial_boxes(rng, 200)
+  keep = kept(nms(boxes, scores, 0.5, 200))
+  got = np.asarray(jax.jit(box_voting, static_argnums=3)(boxes[keep], boxes, scores, 0.7))
+  assert np.sum(np.abs(got - boxes[keep]).max(axis=1) > 0.1) >= 5  # clusters moved boxes
+  for row, k in zip(got, keep):  # Detectron's box_voting, one kept box at a time
+    x1, y1, x2, y2 = boxes.T
+    inter = (np.maximum(0, np.minimum(x2, boxes[k, 2]) - np.maximum(x1, boxes[k, 0]))
+             * np.maximum(0, np.minimum(y2, boxes[k, 3]) - np.maximum(y1, boxes[k, 1])))
+    union = (x2 - x1) * (y2 - y1) + (boxes[k, 2] - boxes[k, 0]) * (boxes[k, 3] - boxes[k, 1]) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+      voters = np.where(union > 0, inter / union, 0) >= 0.7
+    weight = scores[voters].astype(np.float64)
+    expected = (weight @ boxes[voters] / weight.sum()) if weight.sum() > 0 else boxes[k]
+    np.testing.assert_allclose(row, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.5])
+def test_box_voting_bad_threshold_raises(threshold):
+  with pytest.raises(ValueError, match="iou_threshold"):
+    box_voting(np.zeros((1, 4), np.float32), np.zeros((2, 4), np.float32),
+               np.zeros(2, np.float32), threshold)
