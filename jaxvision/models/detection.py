@@ -7,6 +7,8 @@ variable-length step made static-shape:
   allowed), a fixed number of anchors sampled per image (half positive);
 * proposals: decode, clip, tiny-box mask, per-level top-k, NMS per level, the top
   ``post_nms_top_n`` per image, padded with a ``valid`` mask;
+* proposal refinement (``refine_proposals``, off in Faster R-CNN): a one-class box head on
+  RoIAlign features regresses every proposal once more, a stage of Cascade R-CNN;
 * RoI targets: proposals plus the ground-truth boxes, matched at IoU 0.5 and sampled to a
   fixed ``roi_samples_per_image`` (a quarter positive);
 * detections: softmax, per-class decoding, score threshold, per-class NMS, the top
@@ -430,6 +432,16 @@ class FasterRCNN(nn.Module):
     rpn_objectness_target: ``"binary"`` or ``"iou"`` (see :func:`rpn_targets`).
     rpn_box_voting_iou: box voting of the proposals after NMS (see :func:`propose`); 0
       (Faster R-CNN) turns it off.
+    refine_proposals: one class-agnostic refinement of the RPN's proposals (False in
+      Faster R-CNN; RPN mode only): a :class:`RoIBoxHead` with one class on RoIAlign
+      features of each proposal regresses it once more, as a stage of Cascade R-CNN (Cai &
+      Vasconcelos, 2018) does. Features pooled inside the proposal localize much better than
+      the RPN's sliding window at the anchor. Scores and order stay the RPN's. Trained like
+      the RoI head, on ``roi_samples_per_image`` samples of the proposals + ground truth
+      (the RoI head's thresholds), losses ``refine_objectness, refine_box`` (which also
+      train the features it pools); in training the RoI head then samples from these RoIs
+      regressed (Cascade R-CNN), at inference it takes every refined proposal, and so does
+      ``proposal_boxes``.
     roi_foreground_iou, roi_background_iou: RoI matching thresholds (0.5 / 0.5).
     roi_samples_per_image, roi_positive_fraction: RoI sampling (512, 0.25).
     roi_pool_size, roi_sampling_ratio: RoIAlign output side and samples per bin (7, 2).
@@ -463,6 +475,7 @@ class FasterRCNN(nn.Module):
   rpn_min_size: float = 1e-3
   rpn_objectness_target: str = "binary"
   rpn_box_voting_iou: float = 0.0
+  refine_proposals: bool = False
   roi_foreground_iou: float = 0.5
   roi_background_iou: float = 0.5
   roi_samples_per_image: int = 512
@@ -498,6 +511,11 @@ class FasterRCNN(nn.Module):
     if self.proposal_source == "rpn":
       self.rpn_head = RPNHead(len(self.anchor_scales) * len(self.aspect_ratios),
                               self.rpn_head_convs)
+    if self.refine_proposals:
+      if self.proposal_source != "rpn":
+        raise ValueError("refine_proposals=True refines the RPN's proposals; it needs "
+                         "proposal_source='rpn'.")
+      self.proposal_refiner = RoIBoxHead(1, self.box_head_hidden)
     self.box_head = RoIBoxHead(self.num_classes, self.box_head_hidden)
 
   def __call__(self, images: jax.Array, *, train: bool, gt_boxes: jax.Array | None = None,
@@ -576,13 +594,29 @@ class FasterRCNN(nn.Module):
       chex.assert_shape(proposal_valid, proposals.shape[:2])
       proposal_scores = proposal_valid.astype(jnp.float32)
 
+    if self.refine_proposals:
+      if train:
+        # As in Cascade R-CNN, the refiner trains on a sample of the proposals (+ ground
+        # truth) and the RoI head on that sample, regressed and matched again.
+        refine_rng, roi_rng = jax.random.split(roi_rng)
+        refine_batch = self._sample_rois(proposals, proposal_valid, gt_boxes,
+                                         jnp.zeros_like(gt_labels), gt_valid, refine_rng)
+        proposals, proposal_valid = refine_batch["rois"], refine_batch["valid"]
+      refine_logits, refine_deltas = self.proposal_refiner(self._pool(pyramid, proposals))
+      if train:
+        refine_losses = box_head_loss(refine_logits, refine_deltas, refine_batch,
+                                      self.smooth_l1_beta)
+        metrics["refine_accuracy"] = refine_losses["roi_accuracy"]
+        losses["refine_objectness"] = refine_losses["roi_classifier"]
+        losses["refine_box"] = refine_losses["roi_box"]
+      # The refined boxes are inputs of the RoI head, not a path for its gradients.
+      refined = ops.decode_boxes(jax.lax.stop_gradient(refine_deltas[:, :, 1]), proposals,
+                                 self.box_weights)
+      proposals = jnp.where(proposal_valid[..., None], ops.clip_boxes(refined, image_size), 0.0)
+
     if train:
-      roi_batch = jax.vmap(lambda p, pv, b, l, v, key: roi_targets(
-          p, pv, b, l, v, key, foreground_iou=self.roi_foreground_iou,
-          background_iou=self.roi_background_iou, samples_per_image=self.roi_samples_per_image,
-          positive_fraction=self.roi_positive_fraction, box_weights=self.box_weights))(
-              proposals, proposal_valid, gt_boxes, gt_labels, gt_valid,
-              jax.random.split(roi_rng, batch_size))
+      roi_batch = self._sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid,
+                                    roi_rng)
       rois, roi_valid = roi_batch["rois"], roi_batch["valid"]
     else:
       rois, roi_valid = proposals, proposal_valid
@@ -603,6 +637,15 @@ class FasterRCNN(nn.Module):
             rois, roi_valid, class_logits, box_deltas)
     return {**detections, "proposal_boxes": proposals, "proposal_scores": proposal_scores,
             "proposal_valid": proposal_valid}
+
+  def _sample_rois(self, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, rng):
+    """:func:`roi_targets` of the batch with the RoI head's thresholds and sampling."""
+    return jax.vmap(lambda p, pv, b, l, v, key: roi_targets(
+        p, pv, b, l, v, key, foreground_iou=self.roi_foreground_iou,
+        background_iou=self.roi_background_iou, samples_per_image=self.roi_samples_per_image,
+        positive_fraction=self.roi_positive_fraction, box_weights=self.box_weights))(
+            proposals, proposal_valid, gt_boxes, gt_labels, gt_valid,
+            jax.random.split(rng, proposals.shape[0]))
 
   def _pool(self, pyramid: dict[str, jax.Array], rois: jax.Array) -> jax.Array:
     """Multi-level RoIAlign on ``P2..P5``: ``[N, R, 4]`` -> ``[N, R, S, S, C]``."""

@@ -1,10 +1,11 @@
 """Task ``detection``: Faster R-CNN (or Fast R-CNN) trained end to end, evaluated with COCO AP.
 
-Loss = RPN objectness BCE + RPN smooth-L1 + RoI cross-entropy + RoI smooth-L1 (see
-``jaxvision.models.detection``). Evaluation on held-out data: the twelve COCO box numbers
-(``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl``) of the detections, and
-``rpn_AR100``: the recall of the first 100 proposals per image taken as class-agnostic
-detections (COCO AR@100 with every class mapped to one category).
+Loss = RPN objectness BCE + RPN smooth-L1 + RoI cross-entropy + RoI smooth-L1, plus the
+proposal refiner's two when ``model.refine_proposals`` (see ``jaxvision.models.detection``).
+Evaluation on held-out data: the twelve COCO box numbers (``AP, AP50, AP75, APs, APm,
+APl, AR1, AR10, AR100, ARs, ARm, ARl``) of the detections, and ``rpn_AR100``: the recall
+of the first 100 proposals per image taken as class-agnostic detections (COCO AR@100 with
+every class mapped to one category), refined ones when the model refines its proposals.
 
 Fast R-CNN mode (``config.model.proposal_source = "data"``): the proposals come with the
 batch. They are made on the host by :func:`synthetic_proposals` (jittered ground-truth

@@ -402,3 +402,77 @@ def test_rpn_box_loss_weight_scales_only_the_rpn_box_loss():
   with pytest.raises(ValueError, match="Unknown rpn_box_loss 'l2'"):
     jax.eval_shape(lambda: detection.FasterRCNN(**{**TINY_MODEL, "rpn_box_loss": "l2"}).init(
         jax.random.key(0), images, train=False))
+
+
+def test_refined_proposals_are_the_rpn_proposals_regressed_by_the_refiner():
+  images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
+  refining = detection.FasterRCNN(**{**TINY_MODEL, "refine_proposals": True})
+  plain = detection.FasterRCNN(**TINY_MODEL)
+
+  def regress(model, proposals):
+    pyramid = model.fpn(model.backbone_module(images, False))
+    _, deltas = model.proposal_refiner(model._pool(pyramid, proposals))
+    return ops.clip_boxes(ops.decode_boxes(deltas[:, :, 1], proposals, model.box_weights),
+                          images.shape[1:3])
+
+  @jax.jit
+  def run():
+    variables = refining.init(jax.random.key(0), images, train=False)
+    # The refiner starts near the identity (deltas ~ 0); larger deltas make it move boxes.
+    params = variables["params"]
+    head = params["proposal_refiner"]["box_deltas"]
+    params = {**params, "proposal_refiner": {**params["proposal_refiner"], "box_deltas": {
+        **head, "kernel": head["kernel"] * 3000.0}}}
+    variables = {**variables, "params": params}
+    plain_variables = {**variables, "params": {
+        name: value for name, value in params.items() if name != "proposal_refiner"}}
+    unrefined = plain.apply(plain_variables, images, train=False)
+    return (unrefined, refining.apply(variables, images, train=False),
+            refining.apply(variables, unrefined["proposal_boxes"], method=regress))
+
+  unrefined, refined, want = jax.device_get(run())
+  # Scores, order and valid mask are the RPN's; only the boxes change.
+  np.testing.assert_array_equal(refined["proposal_scores"], unrefined["proposal_scores"])
+  np.testing.assert_array_equal(refined["proposal_valid"], unrefined["proposal_valid"])
+  valid = unrefined["proposal_valid"]
+  got = refined["proposal_boxes"]
+  np.testing.assert_allclose(got[valid], want[valid], rtol=1e-5, atol=1e-4)
+  assert np.all(got[~valid] == 0)
+  moved = np.abs(got - unrefined["proposal_boxes"]).max(-1)[valid]
+  assert np.mean(moved > 0.5) > 0.5
+
+
+def test_proposal_refiner_trains_with_its_own_losses_and_needs_the_rpn():
+  images = jax.random.uniform(jax.random.key(1), (1, 64, 64, 3))
+  truth = dict(gt_boxes=jnp.array([[[8.0, 8.0, 30.0, 28.0], [30.0, 34.0, 60.0, 60.0]]]),
+               gt_labels=jnp.array([[0, 2]]), gt_valid=jnp.array([[True, True]]))
+  model = detection.FasterRCNN(**{**TINY_MODEL, "refine_proposals": True})
+
+  @jax.jit
+  def run():
+    variables = model.init(jax.random.key(0), images, train=False)
+
+    def refine_loss(params):
+      outputs, _ = model.apply({**variables, "params": params}, images, train=True, **truth,
+                               rngs={"sampling": jax.random.key(2)}, mutable=["batch_stats"])
+      return outputs["losses"]["refine_objectness"] + outputs["losses"]["refine_box"], outputs
+
+    return jax.value_and_grad(refine_loss, has_aux=True)(variables["params"])
+
+  (loss, outputs), grads = run()
+  assert set(outputs["losses"]) == {"rpn_objectness", "rpn_box", "refine_objectness",
+                                    "refine_box", "roi_classifier", "roi_box"}
+  assert np.isfinite(loss) and outputs["losses"]["refine_box"] > 0
+  assert 0 <= outputs["metrics"]["refine_accuracy"] <= 1
+  # The refiner's losses train the refiner and the features it pools, not the RPN whose
+  # proposals it refines, not the RoI head that receives them.
+  norm = lambda tree: sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(tree))
+  for name in ("proposal_refiner", "backbone", "fpn"):
+    assert norm(grads[name]) > 0, name
+  for name in ("rpn_head", "box_head"):
+    assert norm(grads[name]) == 0, name
+  with pytest.raises(ValueError, match="refine_proposals=True"):
+    jax.eval_shape(lambda: detection.FasterRCNN(
+        **{**TINY_MODEL, "refine_proposals": True, "proposal_source": "data"}).init(
+            jax.random.key(0), images, train=False, proposals=jnp.zeros((1, 20, 4)),
+            proposal_valid=jnp.ones((1, 20), bool)))
