@@ -6,13 +6,12 @@ before the clock starts, so the numbers are the model's, not the input pipeline'
 first (compiling) call of each function is timed separately and excluded.
 
   python benchmarks/detection.py [--config configs/faster_rcnn_shapes.py[:variant]]
-                                 [--steps 20] [--batch_size N] [--set model.FIELD=VALUE ...]
+                                 [--steps 20] [--batch_size N]
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 import os
 import time
@@ -37,21 +36,6 @@ def load_config(spec: str):
   return module.get_config(variant or None)
 
 
-def set_field(config, assignment: str) -> None:
-  """``a.b.c=VALUE`` (a Python literal; else the text itself) sets ``config.a.b.c``."""
-  path, _, text = assignment.partition("=")
-  try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    value = text
-  *parents, name = path.split(".")
-  for parent in parents:
-    config = config[parent]
-  if name not in config:
-    raise KeyError(f"--set {assignment}: the config has no field {path!r}.")
-  config[name] = value
-
-
 def timed(function, calls: int) -> float:
   """Seconds per call of ``function()`` (which returns something to block on)."""
   start = time.perf_counter()
@@ -67,13 +51,9 @@ def main() -> None:
   parser.add_argument("--config", default=os.path.join(root, "configs", "faster_rcnn_shapes.py"))
   parser.add_argument("--steps", type=int, default=20, help="timed calls of each function")
   parser.add_argument("--batch_size", type=int, default=0, help="global batch (0: config's)")
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="override a config field, e.g. model.refine_proposals=False")
   args = parser.parse_args()
 
   config = load_config(args.config)
-  for assignment in args.set:
-    set_field(config, assignment)
   if args.batch_size:
     config.batch_size = args.batch_size
   mesh = parallel.make_mesh()
