@@ -8,7 +8,9 @@ variable-length step made static-shape:
 * proposals: decode, clip, tiny-box mask, per-level top-k, NMS per level, the top
   ``post_nms_top_n`` per image, padded with a ``valid`` mask;
 * proposal refinement (``refine_proposals``, off in Faster R-CNN): a one-class box head on
-  RoIAlign features regresses every proposal once more, a stage of Cascade R-CNN;
+  RoIAlign features regresses every proposal once more, a second proposal stage (Cascade
+  R-CNN's stage; with one sample per bin its first layer is Cascade RPN's adaptive
+  convolution: a linear map of bilinear samples on a grid inside the box);
 * RoI targets: proposals plus the ground-truth boxes, matched at IoU 0.5 and sampled to a
   fixed ``roi_samples_per_image`` (a quarter positive);
 * detections: softmax, per-class decoding, score threshold, per-class NMS, the top
@@ -442,6 +444,9 @@ class FasterRCNN(nn.Module):
       train the features it pools); in training the RoI head then samples from these RoIs
       regressed (Cascade R-CNN), at inference it takes every refined proposal, and so does
       ``proposal_boxes``.
+    refine_sampling_ratio: RoIAlign samples per bin per axis of the refiner (2, as the RoI
+      head's; 1 pools a quarter of the samples: RoIAlign's backward pass, a scatter-add, is
+      most of the refiner's cost on CPU).
     roi_foreground_iou, roi_background_iou: RoI matching thresholds (0.5 / 0.5).
     roi_samples_per_image, roi_positive_fraction: RoI sampling (512, 0.25).
     roi_pool_size, roi_sampling_ratio: RoIAlign output side and samples per bin (7, 2).
@@ -476,6 +481,7 @@ class FasterRCNN(nn.Module):
   rpn_objectness_target: str = "binary"
   rpn_box_voting_iou: float = 0.0
   refine_proposals: bool = False
+  refine_sampling_ratio: int = 2
   roi_foreground_iou: float = 0.5
   roi_background_iou: float = 0.5
   roi_samples_per_image: int = 512
@@ -602,7 +608,8 @@ class FasterRCNN(nn.Module):
         refine_batch = self._sample_rois(proposals, proposal_valid, gt_boxes,
                                          jnp.zeros_like(gt_labels), gt_valid, refine_rng)
         proposals, proposal_valid = refine_batch["rois"], refine_batch["valid"]
-      refine_logits, refine_deltas = self.proposal_refiner(self._pool(pyramid, proposals))
+      refine_logits, refine_deltas = self.proposal_refiner(
+          self._pool(pyramid, proposals, self.refine_sampling_ratio))
       if train:
         refine_losses = box_head_loss(refine_logits, refine_deltas, refine_batch,
                                       self.smooth_l1_beta)
@@ -620,7 +627,7 @@ class FasterRCNN(nn.Module):
       rois, roi_valid = roi_batch["rois"], roi_batch["valid"]
     else:
       rois, roi_valid = proposals, proposal_valid
-    class_logits, box_deltas = self.box_head(self._pool(pyramid, rois))
+    class_logits, box_deltas = self.box_head(self._pool(pyramid, rois, self.roi_sampling_ratio))
 
     if train:
       head_losses = box_head_loss(class_logits, box_deltas, roi_batch, self.smooth_l1_beta)
@@ -647,10 +654,11 @@ class FasterRCNN(nn.Module):
             proposals, proposal_valid, gt_boxes, gt_labels, gt_valid,
             jax.random.split(rng, proposals.shape[0]))
 
-  def _pool(self, pyramid: dict[str, jax.Array], rois: jax.Array) -> jax.Array:
+  def _pool(self, pyramid: dict[str, jax.Array], rois: jax.Array,
+            sampling_ratio: int) -> jax.Array:
     """Multi-level RoIAlign on ``P2..P5``: ``[N, R, 4]`` -> ``[N, R, S, S, C]``."""
     levels = [pyramid[f"P{k}"] for k in range(2, 6)]
     pool = lambda boxes, *maps: ops.multilevel_roi_align(
         maps, boxes, (self.roi_pool_size, self.roi_pool_size), min_level=2,
-        sampling_ratio=self.roi_sampling_ratio)
+        sampling_ratio=sampling_ratio)
     return jax.vmap(pool)(rois, *levels)

@@ -406,12 +406,14 @@ def test_rpn_box_loss_weight_scales_only_the_rpn_box_loss():
 
 def test_refined_proposals_are_the_rpn_proposals_regressed_by_the_refiner():
   images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
-  refining = detection.FasterRCNN(**{**TINY_MODEL, "refine_proposals": True})
+  # The refiner pools with its own sampling ratio (1), the RoI head with 2.
+  refining = detection.FasterRCNN(**{**TINY_MODEL, "refine_proposals": True,
+                                     "refine_sampling_ratio": 1})
   plain = detection.FasterRCNN(**TINY_MODEL)
 
   def regress(model, proposals):
     pyramid = model.fpn(model.backbone_module(images, False))
-    _, deltas = model.proposal_refiner(model._pool(pyramid, proposals))
+    _, deltas = model.proposal_refiner(model._pool(pyramid, proposals, 1))
     return ops.clip_boxes(ops.decode_boxes(deltas[:, :, 1], proposals, model.box_weights),
                           images.shape[1:3])
 

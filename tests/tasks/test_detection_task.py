@@ -50,7 +50,9 @@ def test_quick_config_trains_on_two_devices_with_finite_falling_loss(trained):
   losses = np.array([m["loss"] for m in history])
   assert np.all(np.isfinite(losses)), losses
   assert losses[-2:].mean() < 0.8 * losses[:2].mean(), losses
-  for name in ("rpn_objectness", "rpn_box", "roi_classifier", "roi_box"):
+  # The config refines its proposals: the refiner's two losses train with the rest.
+  for name in ("rpn_objectness", "rpn_box", "refine_objectness", "refine_box",
+               "roi_classifier", "roi_box"):
     assert all(np.isfinite(m[name]) for m in history), name
 
 
@@ -104,6 +106,7 @@ def test_synthetic_proposals_cover_objects_inside_the_image():
 def test_fast_rcnn_mode_computes_losses_from_data_proposals():
   config = shapes_config.get_config("quick")
   config.model.proposal_source = "data"
+  config.model.refine_proposals = False  # it refines the RPN's proposals
   task = get_task(config)
   batch = task.train_batch(0)
   chex.assert_shape(batch["proposals"], (config.batch_size,
