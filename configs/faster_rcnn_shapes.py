@@ -18,7 +18,7 @@ RPN head; the RPN's box loss weighted 10x; box voting of the proposals after the
 then one class-agnostic regression of every proposal by a box head on 7 x 7 bilinear
 samples inside it (``model.refine_proposals``: RoIAlign with one sample per bin, a second
 proposal stage as in Cascade RPN / Cascade R-CNN) before the RoI head. ``eval/rpn_AR100``
-measures the proposals after that refinement (0.903 against 0.818 before it in the
+measures the proposals after that refinement (0.903 against 0.815 before it in the
 reported run; docs/RESULTS.md).
 """
 
