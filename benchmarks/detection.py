@@ -57,10 +57,10 @@ def main() -> None:
   if args.batch_size:
     config.batch_size = args.batch_size
   mesh = parallel.make_mesh()
-  task = get_task(config)
+  task = get_task(config, mesh)
   batches = [parallel.global_batch(task.train_batch(step), mesh) for step in range(args.steps)]
-  state, tx = trainer.create_train_state(task, config, mesh, task.train_batch(0))
-  train_step = trainer.make_train_step(task, config, tx, mesh)
+  state = trainer.init_state(task, config, task.train_batch(0))
+  train_step = trainer.make_train_step(task, config)
 
   start = time.perf_counter()
   state, metrics = train_step(state, batches[0])
@@ -78,7 +78,7 @@ def main() -> None:
   eval_step = jax.jit(task.eval_outputs, in_shardings=(parallel.replicated(mesh),
                                                        parallel.data_sharding(mesh)),
                       out_shardings=parallel.data_sharding(mesh))
-  variables = trainer.variables_of(state)
+  variables = task.inference_variables(state)
   eval_batch = parallel.global_batch(next(iter(task.eval_batches(config.eval_split))), mesh)
   start = time.perf_counter()
   jax.block_until_ready(eval_step(variables, eval_batch))

@@ -42,6 +42,17 @@ def get_config(arg=None):
   config.optimizer = default_optimizer_config(name="adamw", learning_rate=2e-3, warmup_steps=100,
                                               schedule="cosine", weight_decay=1e-4)
 
+  # The task's metrics at every eval_every; the frozen backbone's k-NN and linear-probe
+  # accuracy on the shape classes (5000 unaugmented train images, the self-supervised
+  # protocol) for the random init (step 0) and the trained model (the last step).
+  config.evals = ml_collections.ConfigDict({
+      "validation": {"kind": "batches"},
+      "knn": {"kind": "knn", "num_train": 5000, "k": 20, "temperature": 0.07,
+              "every": config.get_ref("total_steps"), "at_start": True},
+      "linear_probe": {"kind": "linear_probe", "num_train": 5000,
+                       "every": config.get_ref("total_steps"), "at_start": True},
+  })
+
   if arg == "quick":
     config.total_steps = 6
     config.batch_size = 16
@@ -57,6 +68,7 @@ def get_config(arg=None):
     config.model.backbone_kwargs.width = 8
     config.model.neck_channels = 8
     config.model.hidden = 32
+    config.evals = ml_collections.ConfigDict({"validation": {"kind": "batches"}})
   elif arg:
     raise ValueError(f"Unknown variant {arg!r} of classify_localize_shapes; use 'quick' or none.")
   return config

@@ -1,8 +1,8 @@
 """Orbax checkpoints: atomic saves, resume, transfer and notebook restore.
 
 A workdir's checkpoints live in ``<workdir>/checkpoints/<step>/`` with two items:
-``state`` (``{params, opt_state, batch_stats, step}``) and ``config`` (the run's
-ConfigDict as JSON). Orbax writes each step into a temporary directory and renames it
+``state`` (the task's training state, any pytree: ``{params, opt_state, batch_stats, step}``
+for supervised tasks) and ``config`` (the run's ConfigDict as JSON). Orbax writes each step into a temporary directory and renames it
 when complete, so a run killed mid-save leaves the previous checkpoint intact.
 
 Restores always go through an abstract target with shardings, so a checkpoint written on
@@ -44,9 +44,9 @@ def checkpoint_directory(path: str) -> str:
 class Checkpointer:
   """Saves and restores one run's training state."""
 
-  def __init__(self, workdir: str, max_to_keep: int = 3):
+  def __init__(self, workdir: str, max_to_keep: int = 3, read_only: bool = False):
     self.directory = os.path.join(workdir, CHECKPOINT_DIR)
-    self._manager = _manager(self.directory, max_to_keep=max_to_keep)
+    self._manager = _manager(self.directory, max_to_keep=max_to_keep, read_only=read_only)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -121,40 +121,47 @@ def restore_replicated(directory: str, sharding: Sharding,
   return restored["state"], restored["config"], step
 
 
-def load_backbone(init_from: str, sharding: Sharding) -> dict[str, Any]:
+def _restore_with_task(path: str, sharding: Sharding, step: int | None = None):
+  """A workdir's state (replicated on ``sharding``), config and task."""
+  from jaxvision.tasks import get_task  # Deferred: tasks import models and data.
+
+  state, config_dict, step = restore_replicated(checkpoint_directory(path), sharding, step)
+  config = ml_collections.ConfigDict(config_dict)
+  return state, config, get_task(config, sharding.mesh), step
+
+
+def load_backbone(init_from: str, sharding: Sharding,
+                  network: str | None = None) -> dict[str, Any]:
   """The ``backbone`` parameters and batch statistics of another run, for transfer.
 
-  ``init_from`` is a workdir or a checkpoints directory (its latest step is used).
-  Returns ``{"params": ..., "batch_stats": ...}`` restricted to the ``backbone`` subtree.
+  ``init_from`` is a workdir or a checkpoints directory (its latest step is used). The
+  backbone is that of the run's default network, or of ``network`` (e.g. a GAN's
+  ``discriminator``), whatever the layout of its state. Returns
+  ``{"params": ..., "batch_stats": ...}`` restricted to the ``backbone`` subtree.
   """
-  directory = checkpoint_directory(init_from)
-  if not os.path.isdir(directory):
+  if not os.path.isdir(checkpoint_directory(init_from)):
     raise FileNotFoundError(f"init_from={init_from!r} is neither a workdir nor a checkpoint "
                             "directory.")
-  state, _, _ = restore_replicated(directory, sharding)
-  if "backbone" not in state["params"]:
+  state, _, task, _ = _restore_with_task(init_from, sharding)
+  variables = task.inference_variables(state, network)
+  if "backbone" not in variables["params"]:
     raise ValueError(f"init_from={init_from!r} holds a model without a 'backbone' submodule "
-                     f"(top-level params: {sorted(state['params'])}); nothing to transfer.")
-  return {"params": state["params"]["backbone"],
-          "batch_stats": state.get("batch_stats", {}).get("backbone", {})}
+                     f"(top-level params: {sorted(variables['params'])}); nothing to transfer.")
+  return {"params": variables["params"]["backbone"],
+          "batch_stats": variables.get("batch_stats", {}).get("backbone", {})}
 
 
-def restore_for_inference(workdir: str, step: int | None = None):
+def restore_for_inference(workdir: str, step: int | None = None, network: str | None = None):
   """Notebook entry: ``config, model, variables = restore_for_inference(workdir)``.
 
   Works on whatever devices this process has (one CPU included): the arrays are restored
-  replicated over the local devices. ``variables`` is the Flax variables dict
-  (``{"params": ..., "batch_stats": ...}``); use ``model.apply(variables, x, train=False)``
-  or the task's ``predict`` (``jaxvision.tasks.get_task(config).predict(variables, images)``).
+  replicated over the local devices, whatever the layout of the run's state. ``variables``
+  is the Flax variables dict (``{"params": ..., "batch_stats": ...}``) of the task's default
+  network, or of ``network`` (e.g. a GAN's ``"generator"`` or ``"discriminator"``); use
+  ``model.apply(variables, x, train=False)`` or the task's ``predict``
+  (``jaxvision.tasks.get_task(config).predict(variables, images)``).
   """
-  from jaxvision.tasks import get_task  # Deferred: tasks import models and data.
-
   mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), ("data",))
-  state, config_dict, _ = restore_replicated(
-      checkpoint_directory(workdir), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
-      step)
-  config = ml_collections.ConfigDict(config_dict)
-  variables = {"params": state["params"]}
-  if state.get("batch_stats"):
-    variables["batch_stats"] = state["batch_stats"]
-  return config, get_task(config).model, variables
+  state, config, task, _ = _restore_with_task(
+      workdir, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), step)
+  return config, task.network_module(network), task.inference_variables(state, network)

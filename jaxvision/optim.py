@@ -1,12 +1,22 @@
 """Optimizers and learning-rate schedules from ``config.optimizer``.
 
-Fields: ``name`` (``adamw`` | ``sgd``), ``learning_rate`` (peak), ``warmup_steps`` (linear
-from 0), ``schedule`` (``cosine`` | ``step`` | ``constant``), ``decay_boundaries``
+Fields: ``name`` (``adamw`` | ``sgd`` | ``lars``), ``learning_rate`` (peak), ``warmup_steps``
+(linear from 0), ``schedule`` (``cosine`` | ``step`` | ``constant``), ``decay_boundaries``
 (fractions of ``total_steps`` where the ``step`` schedule multiplies by ``decay_factor``),
-``weight_decay`` (decoupled; not applied to biases and normalization parameters),
-``momentum`` (sgd), ``grad_clip_norm`` (0 = off), ``backbone_lr_multiplier`` (scales the
-updates of ``params["backbone"]``, for fine-tuning after transfer) and ``freeze_regex``
-(parameters whose ``/``-joined path matches get no update, e.g. ``^backbone/stem``).
+``weight_decay`` (not applied to biases and normalization parameters; decoupled for adamw and
+sgd), ``momentum`` (sgd, lars), ``trust_coefficient`` (lars), ``grad_clip_norm`` (0 = off),
+``backbone_lr_multiplier`` (scales the updates of ``params["backbone"]``, for fine-tuning
+after transfer) and ``freeze_regex`` (parameters whose ``/``-joined path matches get no
+update, e.g. ``^backbone/stem``).
+
+``lars`` is layer-wise adaptive rate scaling (You et al. 2017) as SimCLR trains with it
+(``optax.lars``): per parameter ``u = g + weight_decay * w``, scaled by the trust ratio
+``trust_coefficient * ||w|| / ||u||`` (1 where either norm is 0), times the learning rate,
+then heavy-ball momentum. Biases and normalization parameters get neither the weight decay
+nor the trust ratio, only the learning rate and momentum.
+
+Every mask is a function of the parameter tree, so ``make_optimizer`` can run before the
+parameters exist (``params=None``) and ``tx.init(params)`` later, under jit.
 """
 
 from __future__ import annotations
@@ -19,8 +29,8 @@ import ml_collections
 import optax
 
 _OPTIMIZER_FIELDS = ("name", "learning_rate", "warmup_steps", "schedule", "decay_boundaries",
-                     "decay_factor", "weight_decay", "momentum", "grad_clip_norm",
-                     "backbone_lr_multiplier", "freeze_regex")
+                     "decay_factor", "weight_decay", "momentum", "trust_coefficient",
+                     "grad_clip_norm", "backbone_lr_multiplier", "freeze_regex")
 
 
 def default_optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -28,7 +38,8 @@ def default_optimizer_config(**overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-3, warmup_steps=0, schedule="cosine",
       decay_boundaries=(2 / 3, 8 / 9), decay_factor=0.1, weight_decay=1e-4, momentum=0.9,
-      grad_clip_norm=0.0, backbone_lr_multiplier=1.0, freeze_regex=""))
+      trust_coefficient=1e-3, grad_clip_norm=0.0, backbone_lr_multiplier=1.0,
+      freeze_regex=""))
   config.update(overrides)
   return config
 
@@ -61,35 +72,61 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) 
 
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
-                   params: Any) -> optax.GradientTransformation:
-  """The full update rule: clip -> optimizer -> backbone multiplier -> freezing."""
+                   params: Any = None) -> optax.GradientTransformation:
+  """The full update rule: clip -> optimizer -> backbone multiplier -> freezing.
+
+  Args:
+    config: ``config.optimizer`` (see the module docstring).
+    total_steps: training length, for the schedule.
+    params: the parameter tree, or None to build the optimizer before the parameters exist.
+      The masks are functions of the tree either way; given ``params``, a ``freeze_regex``
+      that matches nothing raises here rather than at ``tx.init``.
+
+  Returns:
+    The optax transformation.
+  """
   unknown = sorted(set(config.keys()) - set(_OPTIMIZER_FIELDS))
   if unknown:
     raise ValueError(f"Unknown optimizer fields {unknown}; known: {list(_OPTIMIZER_FIELDS)}.")
   schedule = learning_rate_schedule(config, total_steps)
-  paths = param_paths(params)
-  # Decoupled weight decay on weight matrices and kernels only, as is standard.
-  decay_mask = jax.tree.map(lambda p, x: x.ndim > 1 and not re.search(r"(norm|Norm)", p),
-                            paths, params)
+
+  def decay_mask(tree: Any) -> Any:
+    # Weight decay on weight matrices and kernels only, as is standard.
+    return jax.tree.map(lambda p, x: x.ndim > 1 and not re.search(r"(norm|Norm)", p),
+                        param_paths(tree), tree)
+
   if config.name == "adamw":
     base = optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)
   elif config.name == "sgd":
     base = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
                        optax.sgd(schedule, momentum=config.momentum))
+  elif config.name == "lars":
+    # SimCLR's rule: what is not decayed (biases, normalization) is not adapted either.
+    base = optax.lars(schedule, weight_decay=config.weight_decay, weight_decay_mask=decay_mask,
+                      trust_coefficient=config.trust_coefficient, trust_ratio_mask=decay_mask,
+                      momentum=config.momentum)
   else:
-    raise ValueError(f"Unknown optimizer.name {config.name!r}; use 'adamw' or 'sgd'.")
+    raise ValueError(f"Unknown optimizer.name {config.name!r}; use 'adamw', 'sgd' or 'lars'.")
   chain = []
   if config.grad_clip_norm:
     chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
   chain.append(base)
   if config.backbone_lr_multiplier != 1.0:
-    chain.append(optax.masked(optax.scale(config.backbone_lr_multiplier),
-                              jax.tree.map(lambda p: p.startswith("backbone/"), paths)))
+    chain.append(optax.masked(
+        optax.scale(config.backbone_lr_multiplier),
+        lambda tree: jax.tree.map(lambda p: p.startswith("backbone/"), param_paths(tree))))
   if config.freeze_regex:
     pattern = re.compile(config.freeze_regex)
-    frozen = jax.tree.map(lambda p: bool(pattern.search(p)), paths)
-    if not any(jax.tree.leaves(frozen)):
-      raise ValueError(f"optimizer.freeze_regex {config.freeze_regex!r} matches no parameter; "
-                       f"parameter paths look like {jax.tree.leaves(paths)[:3]}.")
-    chain.append(optax.masked(optax.set_to_zero(), frozen))
+
+    def frozen_mask(tree: Any) -> Any:
+      paths = param_paths(tree)
+      frozen = jax.tree.map(lambda p: bool(pattern.search(p)), paths)
+      if not any(jax.tree.leaves(frozen)):
+        raise ValueError(f"optimizer.freeze_regex {config.freeze_regex!r} matches no parameter; "
+                         f"parameter paths look like {jax.tree.leaves(paths)[:3]}.")
+      return frozen
+
+    if params is not None:
+      frozen_mask(params)
+    chain.append(optax.masked(optax.set_to_zero(), frozen_mask))
   return optax.chain(*chain)

@@ -1,12 +1,21 @@
-"""The generic training loop: init, train step, evaluation, checkpoints, logs, pictures.
+"""The generic training loop: init, train step, evaluation, checkpoints, logs.
 
-It knows no task: everything task-specific comes from the :class:`~jaxvision.tasks.base.Task`
-named by ``config.task``. Importable from a notebook:
+It knows no task: the state, the step, the data and the evaluation hooks come from the
+:class:`~jaxvision.tasks.base.Task` named by ``config.task``; the evaluators from
+``config.evals`` (:mod:`jaxvision.evaluation.evaluators`). What stays here is generic: jit
+with shardings and donation, the non-finite guard, logging, checkpointing, resume and the
+evaluation schedule. Importable from a notebook:
 ``train_and_evaluate(config, workdir) -> final eval metrics``.
+
+The host waits for the device only where it must: at log steps (metrics), checkpoints and
+evaluations. Each train step's metrics stay on the device until then; a non-finite guarded
+metric leaves the state unchanged on the device and is found, with its step, before any
+checkpoint or evaluation after it; a state that is not finite is never checkpointed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -16,21 +25,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from jaxvision import checkpoint as checkpoint_lib
-from jaxvision import optim, parallel
+from jaxvision import parallel
+from jaxvision.evaluation import evaluators as evaluators_lib
 from jaxvision.tasks.base import Task, get_task
 
 REQUIRED_FIELDS = ("task", "seed", "total_steps", "batch_size", "eval_every", "checkpoint_every",
                    "log_every", "init_from", "eval_split", "data", "model", "optimizer")
-TrainState = dict[str, Any]  # {"params", "batch_stats", "opt_state", "step"}: what is checkpointed.
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises a ValueError naming missing or out-of-range top-level fields."""
+  """Raises a ValueError naming missing or out-of-range top-level fields or evaluators."""
   missing = [f for f in REQUIRED_FIELDS if f not in config]
   if missing:
     raise ValueError(f"The config lacks the required fields {missing}; every config defines "
@@ -38,6 +46,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field in ("total_steps", "batch_size", "eval_every", "checkpoint_every", "log_every"):
     if not isinstance(config[field], int) or config[field] <= 0:
       raise ValueError(f"config.{field} must be a positive integer, got {config[field]!r}.")
+  evaluators_lib.eval_settings(config)
 
 
 class MetricWriter:
@@ -50,7 +59,7 @@ class MetricWriter:
       self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
-    if not self._enabled:
+    if not self._enabled or not metrics:
       return
     self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
     self._jsonl.flush()
@@ -64,23 +73,25 @@ class MetricWriter:
       self._tensorboard.close()
 
 
-def create_train_state(task: Task, config: ml_collections.ConfigDict, mesh,
-                       host_batch: dict[str, np.ndarray]) -> tuple[TrainState, optax.GradientTransformation]:
-  """Fresh, replicated parameters and optimizer state (identical on every host: same seed).
+def host_sync() -> contextlib.AbstractContextManager:
+  """Marks the places where the loop reads device values on the host.
 
-  Only the shapes of ``host_batch`` matter; its first row is the example input of ``init``.
+  Transfers are allowed inside it whatever ``jax.transfer_guard`` says outside, so a test
+  can forbid them everywhere else (``jax.transfer_guard_device_to_host("disallow_explicit")``)
+  and prove that the steps between log steps never wait for the device.
   """
-  replicated = parallel.replicated(mesh)
+  return jax.transfer_guard_device_to_host("allow")
+
+
+def init_state(task: Task, config: ml_collections.ConfigDict,
+               host_batch: dict[str, np.ndarray]) -> Any:
+  """A fresh state, replicated over the task's mesh (identical on every host: same seed).
+
+  Only the shapes of ``host_batch`` matter; its first row is the example input.
+  """
   example = jax.tree.map(lambda x: x[:1], host_batch)
-  variables = jax.jit(lambda rng: task.init_variables(rng, example), out_shardings=replicated)(
-      jax.random.key(config.seed))
-  tx = optim.make_optimizer(config.optimizer, config.total_steps, variables["params"])
-
-  def init_state(variables):
-    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {}),
-            "opt_state": tx.init(variables["params"]), "step": jnp.zeros((), jnp.int32)}
-
-  return jax.jit(init_state, out_shardings=replicated)(variables), tx
+  return jax.jit(lambda rng: task.init_state(rng, example),
+                 out_shardings=parallel.replicated(task.mesh))(jax.random.key(config.seed))
 
 
 def abstract_like(tree: Any) -> Any:
@@ -88,84 +99,119 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def transfer_backbone(state: TrainState, init_from: str, mesh) -> TrainState:
-  """Replaces the backbone parameters and statistics with those of another run."""
-  loaded = checkpoint_lib.load_backbone(init_from, parallel.replicated(mesh))
-  for collection in ("params", "batch_stats"):
-    if "backbone" not in state[collection]:
-      continue
-    checkpoint_lib.check_compatible(loaded[collection], state[collection]["backbone"],
-                                    f"init_from={init_from!r}", prefix=f"{collection}/backbone")
-    state[collection] = {**state[collection], "backbone": loaded[collection]}
-  return state
+def transfer_backbone(task: Task, state: Any, config: ml_collections.ConfigDict) -> Any:
+  """``state`` with its backbone from the run in ``config.init_from``.
+
+  The source run's network is its default one (``inference_network``), or the one named by
+  ``config.init_from_network`` (e.g. a GAN's ``discriminator``).
+  """
+  where = f"init_from={config.init_from!r}"
+  backbone = checkpoint_lib.load_backbone(config.init_from, parallel.replicated(task.mesh),
+                                          network=config.get("init_from_network", None))
+  return task.load_backbone(state, backbone, where)
 
 
-def make_train_step(task: Task, config: ml_collections.ConfigDict,
-                    tx: optax.GradientTransformation, mesh):
+def all_finite(arrays: list[jax.Array]) -> jax.Array:
+  """True (a bool scalar) iff every element of every array is finite."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in arrays] or [jnp.bool_(True)]))
+
+
+def state_is_finite(state: Any) -> jax.Array:
+  """True iff every float in ``state`` is finite: checked before each checkpoint, because a
+  step with a finite loss can still overflow the parameters it writes."""
+  return all_finite([leaf for leaf in jax.tree.leaves(state)
+                     if jnp.issubdtype(leaf.dtype, jnp.inexact)])
+
+
+def make_train_step(task: Task, config: ml_collections.ConfigDict):
   """The jitted, data-parallel train step ``(state, batch) -> (state, metrics)``.
 
-  Parameters are replicated and the batch is sharded, so XLA inserts the gradient
-  all-reduce; the state is donated. A non-finite loss leaves the state unchanged (the host
-  then stops the run), so the last good parameters are never overwritten.
+  The state is replicated and the batch sharded over the task's mesh, so XLA inserts the
+  gradient all-reduce; the state is donated. The task's step gets
+  ``fold_in(key(seed), state["step"])``. If a guarded metric is not finite the old state is
+  returned (the host then stops the run), so the last good parameters are never overwritten.
   """
-  schedule = optim.learning_rate_schedule(config.optimizer, config.total_steps)
+  for name in task.guarded_metrics:
+    if not isinstance(name, str):
+      raise ValueError(f"Task.guarded_metrics must name metrics, got {task.guarded_metrics!r}.")
 
-  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+  def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.key(config.seed), state["step"])
-    grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
-    (loss, (metrics, model_state)), grads = grad_fn(
-        state["params"], {"batch_stats": state["batch_stats"]}, batch, rng)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"params": optax.apply_updates(state["params"], updates),
-                 "batch_stats": model_state.get("batch_stats", state["batch_stats"]),
-                 "opt_state": opt_state, "step": state["step"] + 1}
-    finite = jnp.isfinite(loss)
+    new_state, metrics = task.train_step(state, batch, rng)
+    missing = [name for name in task.guarded_metrics if name not in metrics]
+    if missing:
+      raise ValueError(f"Task {config.task!r} guards the metrics {missing} but its train_step "
+                       f"does not return them (it returns {sorted(metrics)}).")
+    finite = all_finite([metrics[name] for name in task.guarded_metrics])
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
-               "learning_rate": schedule(state["step"])}
     return new_state, metrics
 
-  replicated = parallel.replicated(mesh)
-  return jax.jit(train_step, in_shardings=(replicated, parallel.data_sharding(mesh)),
+  replicated = parallel.replicated(task.mesh)
+  return jax.jit(train_step, in_shardings=(replicated, parallel.data_sharding(task.mesh)),
                  out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-def evaluate(task: Task, variables: dict[str, Any], mesh, split: str,
-             picture_dir: str | None = None, step: int = 0) -> dict[str, float]:
-  """Runs the task's evaluator over ``split``; process 0 writes pictures of the first batch."""
-  eval_step = jax.jit(task.eval_outputs, in_shardings=(parallel.replicated(mesh),
-                                                       parallel.data_sharding(mesh)),
-                      out_shardings=parallel.data_sharding(mesh))
-  evaluator = task.make_evaluator()
-  for index, host_batch in enumerate(task.eval_batches(split)):
-    task.validate_batch(host_batch)
-    outputs = eval_step(variables, parallel.global_batch(host_batch, mesh))
-    host_outputs = parallel.to_host(outputs)
-    labels = {k: v for k, v in host_batch.items() if k != "image"}
-    evaluator.add(host_outputs, parallel.to_host(parallel.global_batch(labels, mesh)))
-    if index == 0 and picture_dir and parallel.is_main_process():
-      rows = len(host_batch["image"])  # Process 0's rows come first in the global batch.
-      task.write_pictures(variables, host_batch, jax.tree.map(lambda x: x[:rows], host_outputs),
-                          picture_dir, step)
-  return evaluator.result()
+def raise_non_finite(what: str, step: int, checkpointer: checkpoint_lib.Checkpointer):
+  raise FloatingPointError(
+      f"Non-finite {what} at step {step}; training stopped and the last good checkpoint "
+      f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept intact. "
+      "Lower optimizer.learning_rate, add optimizer.grad_clip_norm, or check the data.")
 
 
-def variables_of(state: TrainState) -> dict[str, Any]:
-  """The Flax variables dict of a train state (``batch_stats`` only when the model has them)."""
-  variables = {"params": state["params"]}
-  if state["batch_stats"]:
-    variables["batch_stats"] = state["batch_stats"]
-  return variables
+class _PendingMetrics:
+  """Train metrics kept on the device until the host needs them.
+
+  ``check()`` raises FloatingPointError at the first step whose guarded metric is not
+  finite; ``averages()`` returns the means since the last log step.
+  """
+
+  def __init__(self, guarded: tuple[str, ...], checkpointer: checkpoint_lib.Checkpointer):
+    self._guarded = guarded
+    self._checkpointer = checkpointer
+    self._steps: list[int] = []
+    self._metrics: list[dict[str, jax.Array]] = []
+    self._checked = 0
+    self._host: list[dict[str, np.ndarray]] = []
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self._steps.append(step)
+    self._metrics.append(metrics)
+
+  def check(self) -> None:
+    with host_sync():
+      self._host.extend(jax.device_get(self._metrics[self._checked:]))
+    self._checked = len(self._metrics)
+    for step, metrics in zip(self._steps, self._host):
+      problems = [f"{name} ({metrics[name]})" for name in self._guarded
+                  if not np.all(np.isfinite(metrics[name]))]
+      if problems:
+        raise_non_finite(" and ".join(problems), step, self._checkpointer)
+
+  def averages(self) -> dict[str, float]:
+    """Means of every metric since the last call (checked first)."""
+    self.check()
+    averaged = {f"train/{name}": float(np.mean([m[name] for m in self._host]))
+                for name in self._host[0]}
+    self._steps, self._metrics, self._host, self._checked = [], [], [], 0
+    return averaged
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint); returns eval metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
+  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint); returns the
+  metrics of the last evaluation (without the ``eval/`` prefix).
+
+  ``mesh`` (default: every device of every host, ``parallel.make_mesh()``) lets a notebook or
+  a test train on a subset of the devices.
+  """
   validate_config(config)
   parallel.initialize()
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch_size(config.batch_size, mesh)
   os.makedirs(workdir, exist_ok=True)
-  task = get_task(config)
+  task = get_task(config, mesh)
+  picture_dir = os.path.join(workdir, "pictures")
+  evaluators = evaluators_lib.make_evaluators(task, config, picture_dir)
   writer = MetricWriter(workdir)
   checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.get("keep_checkpoints", 3))
 
@@ -173,49 +219,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batches: Iterator[dict[str, np.ndarray]] = task.train_batches(start)
   first_batch = next(batches)
   task.validate_batch(first_batch)
-  state, tx = create_train_state(task, config, mesh, first_batch)
+  state = init_state(task, config, first_batch)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(abstract_like(state))
     if parallel.is_main_process():
       print(f"Resuming from step {start} in {checkpointer.directory}.", flush=True)
   elif config.init_from:
-    state = transfer_backbone(state, config.init_from, mesh)
+    state = transfer_backbone(task, state, config)
 
-  train_step = make_train_step(task, config, tx, mesh)
-  picture_dir = os.path.join(workdir, "pictures")
-  eval_metrics: dict[str, float] = {}
-  pending: list[dict[str, jax.Array]] = []
-  last_log = (start, time.perf_counter())
   progress = tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
                   disable=not parallel.is_main_process(), dynamic_ncols=True)
+
+  def evaluate(step, which):
+    with host_sync():
+      metrics = evaluators_lib.run_evaluators(evaluators, state, step, config.seed, which)
+    if metrics:
+      writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
+      progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+  eval_metrics: dict[str, float] = {}
+  if start == 0:
+    eval_metrics = evaluate(0, lambda e: e.at_start)
+  train_step = make_train_step(task, config)
+  finite_state = jax.jit(state_is_finite)
+  pending = _PendingMetrics(task.guarded_metrics, checkpointer)
+  last_log = (start, time.perf_counter())
   host_batch = first_batch
   for step in range(start, config.total_steps):
     if step > start:
       host_batch = next(batches)
       task.validate_batch(host_batch)
     state, metrics = train_step(state, parallel.global_batch(host_batch, mesh))
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
-      raise FloatingPointError(
-          f"Non-finite loss ({loss}) at step {step}; training stopped and the last good "
-          f"checkpoint (step {checkpointer.latest_step()}) in {checkpointer.directory} is kept "
-          "intact. Lower optimizer.learning_rate, add optimizer.grad_clip_norm, or check the data.")
-    pending.append(metrics)
     done = step + 1
+    pending.add(done, metrics)
     progress.update(1)
-    progress.set_postfix(loss=f"{loss:.4f}")
     if done % config.log_every == 0 or done == config.total_steps:
-      averaged = {f"train/{k}": float(np.mean([m[k] for m in jax.device_get(pending)]))
-                  for k in pending[0]}
+      averaged = pending.averages()
       averaged["train/steps_per_second"] = (done - last_log[0]) / (time.perf_counter() - last_log[1])
       writer.write(done, averaged)
-      pending, last_log = [], (done, time.perf_counter())
+      progress.set_postfix(loss=f"{averaged.get('train/loss', float('nan')):.4f}")
+      last_log = (done, time.perf_counter())
     if done % config.checkpoint_every == 0 or done == config.total_steps:
-      checkpointer.save(done, state, config)
-    if done % config.eval_every == 0 or done == config.total_steps:
-      eval_metrics = evaluate(task, variables_of(state), mesh, config.eval_split, picture_dir, done)
-      writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
-      progress.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+      pending.check()
+      with host_sync():
+        if not bool(finite_state(state)):
+          raise_non_finite("parameters or optimizer state", done, checkpointer)
+        checkpointer.save(done, state, config)
+    due = [e for e in evaluators if e.due(done, config.total_steps)]
+    if due:
+      pending.check()
+      eval_metrics = evaluate(done, lambda e: e in due)
   progress.close()
   writer.close()
   checkpointer.close()

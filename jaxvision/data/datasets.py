@@ -1,28 +1,26 @@
-"""Data configs, dataset building, and the mapping from stored records to examples.
+"""Data configs, the example contract, and building the embedded shapes dataset.
 
 An *example* is the dataset-independent dict every pipeline stage works on (one image,
-its N objects unpadded):
+its N objects unpadded). It always holds ``image`` uint8 [H, W, C] (C = 1 or 3, the
+source's channels) and ``image_id`` int32 scalar, plus what the dataset has of:
 
-* ``image`` uint8 [H, W, 3]; ``image_id`` int32 scalar;
+* ``label`` int32 scalar: the image-level class (0-based), for classification;
 * ``boxes`` float32 [N, 4] ``(x1, y1, x2, y2)`` absolute pixels; ``labels`` int32 [N]
   (0-based class); ``area`` float32 [N]; ``is_crowd`` bool [N];
-* when the dataset has them: ``keypoints`` float32 [N, K, 3] ``(x, y, v)`` with COCO
-  visibility (0 unlabeled, 1 occluded, 2 visible), ``masks`` uint8 [N, H, W] (visible part),
-  ``semantic`` int32 [H, W] (0 background, ``label + 1``).
+* ``keypoints`` float32 [N, K, 3] ``(x, y, v)`` with COCO visibility (0 unlabeled,
+  1 occluded, 2 visible), ``masks`` uint8 [N, H, W] (visible part), ``semantic`` int32
+  [H, W] (0 background, ``label + 1``).
 
-Each dataset family has a :class:`RecordFormat` that maps its TFDS records to examples.
-Supported: the embedded ``shapes`` (every feature) and TFDS ``coco/2017`` (boxes, labels,
-area, is_crowd; mapping only, it is never downloaded by this package: prepare it with
-``file_format="array_record"`` where TensorFlow is available, then point ``data_dir`` at it).
+``jaxvision.data.sources`` picks a dataset by ``data.name`` and maps its records to
+examples; :func:`build_dataset` generates the embedded shapes dataset it reads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import os
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator
 
 import ml_collections
 import numpy as np
@@ -30,26 +28,37 @@ import tensorflow_datasets as tfds
 from ml_collections import config_dict
 
 from jaxvision.data import shapes
-from jaxvision.data.transforms import Example
 
 # Every feature a pipeline can deliver, in addition to the always-present ``image_id`` and
 # ``box_valid`` (and ``example_mask`` in eval batches).
-FEATURES = ("image", "boxes", "labels", "masks", "keypoints", "semantic", "area", "is_crowd")
+FEATURES = ("image", "label", "boxes", "labels", "masks", "keypoints", "semantic", "area",
+            "is_crowd")
 DATA_DIR_ENV = "JAXVISION_DATA_DIR"
 
 
-def shapes_data_config(**overrides: Any) -> ml_collections.ConfigDict:
-  """The default data config (``config.data``) for the embedded shapes dataset.
+def data_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """The data config (``config.data``): which dataset, and how the pipeline reads it.
 
   Fields:
-    name: ``"shapes"`` or a TFDS name with a record format (``"coco/2017"``).
+    name: The data source (``jaxvision.data.sources``): ``"shapes"`` (embedded synthetic),
+      ``"tfds:<name>"`` (a TFDS dataset prepared in array_record, e.g. ``"tfds:mnist"``,
+      ``"tfds:coco/2017"``; bare ``"coco/2017"`` also works), or ``"arrays"`` (an .npz).
     image_size: Image height and width; other datasets are scaled and padded to it.
     min_objects, max_objects, num_train, num_validation, num_test, seed, num_keypoints:
       What the shapes builder generates (see ``shapes.ShapesConfig``); ignored otherwise.
     data_dir: TFDS data dir; None -> ``$JAXVISION_DATA_DIR`` or ``~/tensorflow_datasets``.
+    path: ``arrays``: the .npz file (``images``, optional ``labels``, ``class_names``).
+    splits: ``arrays``: split name -> ``[start, end]``, image indices (ints) or fractions
+      of the images (floats in [0, 1]), e.g. ``{"train": [0, 4000], "validation":
+      [4000, 5000]}``. Empty by default.
+    class_names: ``arrays``: class names when the file has none (default ``"class i"``).
     max_boxes: Objects per example after padding (defaults to ``max_objects``). An example
       with more objects is an error.
     features: Which of ``FEATURES`` the pipeline delivers.
+    channels: Image channels the model sees (1 or 3); the pipeline converts the source's.
+    mean, std: Per-channel normalization in [0, 1] units: the model sees
+      ``(image / 255 - mean) / std``.
+    ignore_label: The ``semantic`` value of pixels no class is scored on (padding).
     flip: Random horizontal flips when training.
     num_threads: Threads that prepare batches in the background (``Pipeline.iterate``).
     prefetch_batches: Batches prepared ahead of the consumer.
@@ -68,8 +77,15 @@ def shapes_data_config(**overrides: Any) -> ml_collections.ConfigDict:
       "seed": 0,
       "num_keypoints": 4,
       "data_dir": config_dict.placeholder(str),
+      "path": config_dict.placeholder(str),
+      "splits": ml_collections.ConfigDict(),
+      "class_names": (),
       "max_boxes": 1,
       "features": ("image", "boxes", "labels"),
+      "channels": 3,
+      "mean": (0.5, 0.5, 0.5),
+      "std": (0.25, 0.25, 0.25),
+      "ignore_label": 255,
       "flip": True,
       "num_threads": 2,
       "prefetch_batches": 2,
@@ -81,6 +97,10 @@ def shapes_data_config(**overrides: Any) -> ml_collections.ConfigDict:
   if "max_boxes" not in overrides:
     config.max_boxes = config.max_objects
   return config
+
+
+# The name the shapes configs were written with; its defaults are the shapes dataset's.
+shapes_data_config = data_config
 
 
 def shapes_builder_config(data_config: ml_collections.ConfigDict) -> shapes.ShapesConfig:
@@ -98,12 +118,9 @@ def resolve_data_dir(data_dir: str | None) -> str:
                             or "~/tensorflow_datasets")
 
 
-def _make_builder(data_config: ml_collections.ConfigDict, data_dir: str
-                  ) -> tfds.core.DatasetBuilder:
-  if data_config.name == "shapes":
-    return shapes.Shapes(config=shapes_builder_config(data_config), data_dir=data_dir,
-                         file_format="array_record")
-  return tfds.builder(data_config.name, data_dir=data_dir, file_format="array_record")
+def _make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> shapes.Shapes:
+  return shapes.Shapes(config=shapes_builder_config(data_config), data_dir=data_dir,
+                       file_format="array_record")
 
 
 @contextlib.contextmanager
@@ -117,13 +134,17 @@ def _exclusive_lock(path: str) -> Iterator[None]:
       fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
-def build_dataset(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """Returns the prepared TFDS builder for ``data_config``, generating it if needed.
+def build_dataset(data_config: ml_collections.ConfigDict) -> shapes.Shapes:
+  """Returns the prepared builder of the embedded shapes dataset, generating it if needed.
 
   Safe when several processes (hosts sharing a file system, pytest-xdist workers) call it
   at once on one ``data_dir``: one builds under a file lock, the others wait and then read.
+  Other datasets are prepared elsewhere and read by their source (``jaxvision.data.sources``).
   """
-  record_format(data_config.name)  # fail on an unsupported dataset before building it
+  if data_config.name != "shapes":
+    raise ValueError(f"build_dataset generates the embedded shapes dataset only; "
+                     f"data.name={data_config.name!r} is read by its data source "
+                     "(jaxvision.data.get_source).")
   data_dir = resolve_data_dir(data_config.data_dir)
   builder = _make_builder(data_config, data_dir)
   if builder.is_prepared():
@@ -140,72 +161,13 @@ def build_dataset(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBu
   return builder
 
 
-@dataclasses.dataclass(frozen=True)
-class RecordFormat:
-  """How one dataset family's TFDS records become examples.
+def tfds_bbox_to_xyxy(bbox: Any, height: int, width: int) -> np.ndarray:
+  """TFDS ``BBoxFeature`` boxes -> float32 [N, 4] absolute ``(x1, y1, x2, y2)`` pixels.
 
-  Attributes:
-    features: The subset of ``FEATURES`` its records can provide.
-    to_example: ``(record, wanted_features) -> example``; builds costly features (masks,
-      semantic) only when wanted.
-    keypoint_flip_permutation: ``K -> [K]`` index map of keypoints under a horizontal flip
-      (left/right keypoints swap), for datasets with keypoints.
+  Args:
+    bbox: N boxes, normalized ``(ymin, xmin, ymax, xmax)`` in [0, 1] (any [N, 4]-shaped
+      array or list of [4] arrays; an empty list for no objects).
+    height, width: The image size in pixels.
   """
-
-  features: frozenset[str]
-  to_example: Callable[[Mapping[str, Any], frozenset[str]], Example]
-  keypoint_flip_permutation: Callable[[int], np.ndarray] | None = None
-
-
-def _shapes_record_to_example(record: Mapping[str, Any], wanted: frozenset[str]) -> Example:
-  objects = record["objects"]
-  example = {
-      "image": record["image"],
-      "image_id": np.int32(record["image_id"]),
-      "boxes": objects["box"],
-      "labels": objects["label"],
-      "keypoints": objects["keypoints"],
-      "area": objects["area"],
-      "is_crowd": objects["is_crowd"],
-  }
-  if "semantic" in wanted:
-    example["semantic"] = shapes.semantic_map(record["instance_map"], objects["label"])
-  if "masks" in wanted:
-    object_ids = np.arange(1, len(objects["label"]) + 1, dtype=np.uint8)
-    example["masks"] = (record["instance_map"][None] == object_ids[:, None, None]
-                        ).astype(np.uint8)
-  return example
-
-
-def _coco_record_to_example(record: Mapping[str, Any], wanted: frozenset[str]) -> Example:
-  """TFDS ``coco/2017``: boxes are normalized ``(ymin, xmin, ymax, xmax)``."""
-  del wanted  # every feature it has is cheap
-  height, width = record["image"].shape[:2]
-  objects = record["objects"]
-  y_min, x_min, y_max, x_max = np.asarray(objects["bbox"], dtype=np.float32).reshape(-1, 4).T
-  return {
-      "image": record["image"],
-      "image_id": np.int32(record["image/id"]),
-      "boxes": np.stack([x_min * width, y_min * height, x_max * width, y_max * height],
-                        axis=1),
-      "labels": np.asarray(objects["label"], dtype=np.int32),
-      "area": np.asarray(objects["area"], dtype=np.float32),
-      "is_crowd": np.asarray(objects["is_crowd"], dtype=bool),
-  }
-
-
-_RECORD_FORMATS = {
-    "shapes": RecordFormat(frozenset(FEATURES), _shapes_record_to_example,
-                           shapes.keypoint_flip_permutation),
-    "coco": RecordFormat(frozenset({"image", "boxes", "labels", "area", "is_crowd"}),
-                         _coco_record_to_example),
-}
-
-
-def record_format(name: str) -> RecordFormat:
-  """The record format of dataset ``name`` (``"shapes"``, ``"coco/2017"``, ...)."""
-  family = name.split("/")[0].split(":")[0]
-  if family not in _RECORD_FORMATS:
-    raise ValueError(f"Dataset {name!r} has no record format; data.name must be one of the "
-                     f"families {sorted(_RECORD_FORMATS)} (e.g. 'shapes', 'coco/2017').")
-  return _RECORD_FORMATS[family]
+  y_min, x_min, y_max, x_max = np.asarray(bbox, dtype=np.float32).reshape(-1, 4).T
+  return np.stack([x_min * width, y_min * height, x_max * width, y_max * height], axis=1)

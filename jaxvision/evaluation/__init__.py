@@ -1,5 +1,6 @@
-"""Evaluation: COCO AP/AR (``coco``), semantic segmentation mIoU (``segmentation``) and
-calibration (``calibration``).
+"""Evaluation: the evaluators ``config.evals`` names (``evaluators``), COCO AP/AR (``coco``),
+semantic segmentation mIoU (``segmentation``), calibration (``calibration``) and the k-NN
+and linear probes of frozen features (``probes``).
 
 Import the submodule you need, e.g. ``from jaxvision.evaluation import coco``.
 """

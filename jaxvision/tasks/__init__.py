@@ -2,4 +2,5 @@
 
 from jaxvision.tasks import classify_localize
 from jaxvision.tasks import detection
-from jaxvision.tasks.base import Evaluator, Task, get_task, register
+
+from jaxvision.tasks.base import Evaluator, SupervisedTask, Task, get_task, register

@@ -1,8 +1,19 @@
 """The contract between the generic trainer and an experiment family.
 
-The trainer (``jaxvision.trainer``) knows nothing about a task but this interface. A task
-bundles a Flax model, its loss, the data it reads, its evaluator and its pictures. Tasks
-register themselves by name (``@register("classify_localize")``) and are looked up from
+A task owns everything that differs between families: its training state and train step,
+its data (the source, the preprocessing, the batches) and what can be evaluated on it. The
+trainer (``jaxvision.trainer``) knows nothing else: it jits the task's functions with
+shardings, guards the loss, logs, checkpoints, resumes and runs the evaluators named in the
+config (``jaxvision.evaluation.evaluators``), which call the task's hooks.
+
+* :class:`Task` is the general contract: ``init_state(rng, batch) -> state`` and
+  ``train_step(state, batch, rng) -> (state, metrics)`` on any pytree state holding an int32
+  ``step``; GANs keep two parameter sets and two optimizer states in it, SimCLR calls
+  ``jax.shard_map`` collectives over :attr:`Task.mesh` inside its step.
+* :class:`SupervisedTask` is one model, one ``loss_fn`` and one optimizer; its state is
+  ``{params, batch_stats, opt_state, step}``.
+
+Tasks register themselves by name (``@register("classify_localize")``) and are looked up from
 ``config.task``.
 
 Batches are dicts of arrays whose leading axis is the batch. On the host they are numpy
@@ -14,68 +25,254 @@ data-sharded ``jax.Array``s.
 from __future__ import annotations
 
 import abc
+import functools
 from typing import Any, Callable, Iterator, Mapping
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from jaxvision import data as data_lib
+from jaxvision import optim, parallel
 from jaxvision.evaluation.base import Evaluator
 
 Batch = Mapping[str, Any]
 Metrics = dict[str, jax.Array]
+State = Any  # A pytree of arrays with an int32 scalar ``state["step"]``.
+Variables = dict[str, Any]  # Flax variables: ``{"params": ..., "batch_stats": ...}``.
+
+DEFAULT_NETWORK = "model"
+# Per-channel normalization of uint8 images when a config predates ``data.mean``/``data.std``.
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.25, 0.25, 0.25)
 
 
 class Task(abc.ABC):
-  """One experiment family: model + loss + data + metrics + pictures."""
+  """One experiment family: its state and step, its data, its evaluation hooks.
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  Attributes:
+    config: The run's config.
+    mesh: The device mesh the trainer runs on (one ``data`` axis over every device of every
+      host). Train steps run under ``jax.jit`` on global arrays; a task that needs
+      per-device code with collectives wraps it in ``jax.shard_map(..., mesh=self.mesh)``
+      over ``parallel.DATA_AXIS``.
+    guarded_metrics: Train metrics the trainer checks: a non-finite value leaves the state
+      unchanged and stops the run before anything is written after it.
+    networks: Names of the networks a state holds (``inference_variables`` selects one).
+  """
+
+  guarded_metrics: tuple[str, ...] = ("loss",)
+  networks: tuple[str, ...] = (DEFAULT_NETWORK,)
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
     self.config = config
-    self._pipelines: dict[str, data_lib.Pipeline] = {}
+    self.mesh = mesh if mesh is not None else parallel.make_mesh()
+    self._pipelines: dict[tuple, data_lib.Pipeline] = {}
 
-  def pipeline(self, split: str) -> data_lib.Pipeline:
-    """The (cached) input pipeline of ``split``: shuffled and augmented for ``"train"``."""
-    if split not in self._pipelines:
-      self._pipelines[split] = data_lib.Pipeline(self.config.data, split, self.config.batch_size,
-                                                 self.config.seed, train=split == "train")
-    return self._pipelines[split]
+  # --- data ----------------------------------------------------------------------------
+  @functools.cached_property
+  def source(self) -> data_lib.DataSource:
+    """The data source named by ``config.data.name`` (built on first use)."""
+    return data_lib.get_source(self.config.data)
 
-  # --- model -------------------------------------------------------------------------
   @property
-  @abc.abstractmethod
-  def model(self) -> nn.Module:
-    """The Flax Linen module. Its backbone submodule is named ``backbone`` (transfer)."""
+  def class_names(self) -> tuple[str, ...]:
+    """Class names from the source's metadata (index = label)."""
+    return self.source.metadata.class_names
 
-  @abc.abstractmethod
-  def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
-    """``model.init`` on a (host, numpy) example batch; returns the Flax variables dict."""
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    """``(H, W, C)`` of the model's input images."""
+    size = self.config.data.image_size
+    return (size, size, self.config.data.get("channels", 3))
 
-  # --- data --------------------------------------------------------------------------
+  def preprocess(self, example: data_lib.Example, rng: np.random.Generator | None
+                 ) -> dict[str, np.ndarray]:
+    """One example -> one fixed-shape row; ``rng`` draws the augmentation (None: none).
+
+    Runs in the pipeline's worker threads, so it must be a pure function of its arguments
+    (numpy only). The default is :class:`~jaxvision.data.StandardPreprocess`: letterbox to
+    ``data.image_size``, ``data.channels``, random flips when ``data.flip``, objects padded
+    to ``data.max_boxes``.
+    """
+    return self._standard_preprocess(example, rng)
+
+  @functools.cached_property
+  def _standard_preprocess(self) -> data_lib.StandardPreprocess:
+    return data_lib.StandardPreprocess(self.config.data, self.source.metadata)
+
+  def pipeline(self, split: str, training: bool,
+               features: tuple[str, ...] | None = None) -> data_lib.Pipeline:
+    """The (cached) pipeline of ``split``.
+
+    Args:
+      split: A split of the source.
+      training: Shuffled, repeated and augmented (``preprocess`` gets a generator) if True;
+        read in order without augmentation if False (evaluation, and the frozen features of a
+        train split for k-NN and linear probes).
+      features: Which features the rows hold; ``config.data.features`` by default.
+    """
+    features = tuple(self.config.data.features if features is None else features)
+    key = (split, training, features)
+    if key not in self._pipelines:
+      self._pipelines[key] = data_lib.Pipeline(
+          self.config.data, split, self.config.batch_size, self.config.seed, train=training,
+          preprocess=self.preprocess, features=features, source=self.source)
+    return self._pipelines[key]
+
   def train_batch(self, step: int) -> dict[str, np.ndarray]:
     """This host's slice of the global training batch for ``step``.
 
-    A pure function of ``(config.seed, step)`` and the process index/count, so a
-    resumed run reads exactly the batches an uninterrupted one would.
+    A pure function of ``(config.seed, step)`` and the process index/count, so a resumed
+    run reads exactly the batches an uninterrupted one would.
     """
-    return self.pipeline("train").host_batch(step)
+    return self.pipeline("train", training=True).host_batch(step)
 
   def train_batches(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
     """``train_batch(step)`` for ``step = start_step, start_step + 1, ...``, prefetched."""
-    return self.pipeline("train").iterate(start_step)
+    return self.pipeline("train", training=True).iterate(start_step)
 
-  def eval_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
-    """This host's slices of fixed-shape global eval batches over ``split``.
+  def eval_batches(self, split: str, features: tuple[str, ...] | None = None,
+                   num_examples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """This host's slices of fixed-shape global batches over ``split``, unaugmented.
 
-    Each batch carries a boolean ``example_mask`` (False on padding rows).
+    Each batch carries a boolean ``example_mask`` (False on padding rows). ``num_examples``
+    reads only the first that many examples of the split.
     """
-    return self.pipeline(split).eval_batches()
+    return self.pipeline(split, training=False, features=features).eval_batches(num_examples)
 
   def validate_batch(self, batch: Batch) -> None:
     """Raises ``ValueError`` naming the problem for a malformed host batch (pre-compile)."""
 
-  # --- training ----------------------------------------------------------------------
+  def normalize(self, images: jax.Array) -> jax.Array:
+    """uint8 (or [0, 255] float) images -> float32 normalized by ``data.mean``/``data.std``."""
+    return normalize_images(images, self.config.data.get("mean", DEFAULT_MEAN),
+                            self.config.data.get("std", DEFAULT_STD))
+
+  # --- state and step ------------------------------------------------------------------
+  @abc.abstractmethod
+  def init_state(self, rng: jax.Array, batch: Batch) -> State:
+    """A fresh training state (with an int32 ``step`` of 0); jit-able.
+
+    ``batch`` is an example batch (host numpy, one row) that fixes the input shapes.
+    """
+
+  @abc.abstractmethod
+  def train_step(self, state: State, batch: Batch, rng: jax.Array) -> tuple[State, Metrics]:
+    """One optimization step on a global batch; jit-able; increments ``state["step"]``.
+
+    ``rng`` is ``fold_in(key(config.seed), state["step"])``. Metrics are scalars (means over
+    the global batch); they include every name in ``guarded_metrics``.
+    """
+
+  # --- networks ------------------------------------------------------------------------
+  @property
+  @abc.abstractmethod
+  def model(self) -> nn.Module:
+    """The default network's Flax module. Its backbone submodule is named ``backbone``."""
+
+  def network_module(self, network: str | None = None) -> nn.Module:
+    """The Flax module of ``network`` (one of ``networks``; None: the default)."""
+    self._check_network(network)
+    return self.model
+
+  def inference_variables(self, state: State, network: str | None = None) -> Variables:
+    """The Flax variables of ``network`` in ``state`` (None: the default network).
+
+    What ``restore_for_inference`` returns and what evaluation and ``predict`` use. The
+    default network is ``config.inference_network`` when the config sets it.
+    """
+    self._check_network(network)
+    variables = {"params": state["params"]}
+    if state.get("batch_stats"):
+      variables["batch_stats"] = state["batch_stats"]
+    return variables
+
+  def default_network(self) -> str:
+    return self.config.get("inference_network", None) or self.networks[0]
+
+  def _check_network(self, network: str | None) -> str:
+    network = network or self.default_network()
+    if network not in self.networks:
+      raise ValueError(f"Task {self.config.task!r} has no network {network!r}; its networks "
+                       f"are {list(self.networks)}.")
+    return network
+
+  def load_backbone(self, state: State, backbone: Variables, where: str) -> State:
+    """``state`` with its backbone replaced by ``backbone`` (``{"params", "batch_stats"}``).
+
+    Transfer learning (``config.init_from``). Raises a ValueError naming the first
+    mismatching entry when the backbones differ; ``where`` names the source in messages.
+    """
+    from jaxvision import checkpoint  # Deferred: checkpoint restores through tasks.
+
+    if "backbone" not in state["params"]:
+      raise ValueError(f"Task {self.config.task!r} has no 'backbone' to load from {where}.")
+    state = dict(state)
+    for collection in ("params", "batch_stats"):
+      if "backbone" not in state.get(collection, {}):
+        continue
+      checkpoint.check_compatible(backbone[collection], state[collection]["backbone"], where,
+                                  prefix=f"{collection}/backbone")
+      state[collection] = {**state[collection], "backbone": backbone[collection]}
+    return state
+
+  # --- evaluation hooks ----------------------------------------------------------------
+  def eval_outputs(self, variables: Variables, batch: Batch) -> dict[str, jax.Array]:
+    """Jit-able predictions for an eval batch; leading axis aligned with the batch.
+
+    Used by the ``batches`` evaluator with :meth:`make_evaluator`.
+    """
+    raise NotImplementedError(f"Task {self.config.task!r} has no batch evaluation.")
+
+  def make_evaluator(self) -> Evaluator:
+    """A fresh evaluator for one pass of ``eval_outputs`` over a split."""
+    raise NotImplementedError(f"Task {self.config.task!r} has no batch evaluation.")
+
+  def representation(self, variables: Variables, images: jax.Array,
+                     feature: str = "pooled") -> jax.Array:
+    """Frozen features ``[B, D]`` of NHWC images for the ``knn`` and ``linear_probe``
+    evaluators: the ``backbone`` submodule's output ``feature``, flattened (``pooled``, the
+    global average of C5, by default; ``C5`` keeps the spatial layout)."""
+    backbone = getattr(self, "backbone_module", None)
+    if backbone is None or "backbone" not in variables["params"]:
+      raise NotImplementedError(f"Task {self.config.task!r} has no backbone representation.")
+    backbone_variables = {name: collection["backbone"] for name, collection in variables.items()
+                          if "backbone" in collection}
+    features = backbone.apply(backbone_variables, self.normalize(images), train=False)
+    if feature not in features:
+      raise ValueError(f"The backbone has no feature {feature!r}; it has {sorted(features)}.")
+    return features[feature].reshape(images.shape[0], -1)
+
+  def predict(self, variables: Variables, images: jax.Array) -> dict[str, jax.Array]:
+    """Notebook inference on NHWC images (uint8 or float32 in [0, 255])."""
+    raise NotImplementedError(f"Task {self.config.task!r} has no predict.")
+
+  def write_pictures(self, variables: Variables, batch: Mapping[str, np.ndarray],
+                     outputs: Mapping[str, np.ndarray], directory: str, step: int) -> list[str]:
+    """Writes PNGs of held-out predictions into ``directory``; returns their paths.
+
+    Called on process 0 only, with host (numpy) inputs: it must not run jitted code on
+    global arrays (the other processes would not join it).
+    """
+    del variables, batch, outputs, directory, step
+    return []
+
+
+class SupervisedTask(Task):
+  """One model, one loss, one optimizer: ``state = {params, batch_stats, opt_state, step}``.
+
+  Subclasses define the model (``model``, ``init_variables``) and ``loss_fn``; the step is
+  ``value_and_grad`` + the optimizer of ``config.optimizer``.
+  """
+
+  @abc.abstractmethod
+  def init_variables(self, rng: jax.Array, batch: Batch) -> Variables:
+    """``model.init`` on an example batch; returns the Flax variables dict."""
+
   @abc.abstractmethod
   def loss_fn(self, params: Any, model_state: dict[str, Any], batch: Batch,
               rng: jax.Array) -> tuple[jax.Array, tuple[Metrics, dict[str, Any]]]:
@@ -85,27 +282,35 @@ class Task(abc.ABC):
     scalars averaged over the global batch.
     """
 
-  # --- evaluation --------------------------------------------------------------------
-  @abc.abstractmethod
-  def eval_outputs(self, variables: dict[str, Any], batch: Batch) -> dict[str, jax.Array]:
-    """Jit-able predictions for an eval batch; leading axis aligned with the batch."""
+  @functools.cached_property
+  def tx(self) -> optax.GradientTransformation:
+    """The optimizer of ``config.optimizer`` (its masks are evaluated on the parameters)."""
+    return optim.make_optimizer(self.config.optimizer, self.config.total_steps)
 
-  @abc.abstractmethod
-  def make_evaluator(self) -> Evaluator:
-    """A fresh evaluator for one pass over a split."""
+  @functools.cached_property
+  def learning_rate(self) -> optax.Schedule:
+    return optim.learning_rate_schedule(self.config.optimizer, self.config.total_steps)
 
-  @abc.abstractmethod
-  def predict(self, variables: dict[str, Any], images: jax.Array) -> dict[str, jax.Array]:
-    """Notebook inference on NHWC images (uint8 or float32 in [0, 255])."""
+  def init_state(self, rng, batch):
+    variables = self.init_variables(rng, batch)
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {}),
+            "opt_state": self.tx.init(variables["params"]),
+            "step": jnp.zeros((), jnp.int32)}
 
-  def write_pictures(self, variables: dict[str, Any], batch: Mapping[str, np.ndarray],
-                     outputs: Mapping[str, np.ndarray], directory: str, step: int) -> list[str]:
-    """Writes PNGs of held-out predictions into ``directory``; returns their paths."""
-    del variables, batch, outputs, directory, step
-    return []
+  def train_step(self, state, batch, rng):
+    grad_fn = jax.value_and_grad(self.loss_fn, has_aux=True)
+    (loss, (metrics, model_state)), grads = grad_fn(
+        state["params"], {"batch_stats": state["batch_stats"]}, batch, rng)
+    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    new_state = {"params": optax.apply_updates(state["params"], updates),
+                 "batch_stats": model_state.get("batch_stats", state["batch_stats"]),
+                 "opt_state": opt_state, "step": state["step"] + 1}
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+               "learning_rate": self.learning_rate(state["step"])}
+    return new_state, metrics
 
 
-_REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Task]] = {}
+_REGISTRY: dict[str, Callable[..., Task]] = {}
 
 
 def register(name: str):
@@ -120,31 +325,36 @@ def register(name: str):
   return wrap
 
 
-def get_task(config: ml_collections.ConfigDict) -> Task:
-  """Builds the task named by ``config.task``."""
+def get_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Task:
+  """Builds the task named by ``config.task`` on ``mesh`` (default: every device)."""
   import jaxvision.tasks  # noqa: F401  (registers the built-in tasks)
 
   name = config.task
   if name not in _REGISTRY:
     raise ValueError(f"Unknown config.task {name!r}; known tasks: {sorted(_REGISTRY)}.")
-  return _REGISTRY[name](config)
+  return _REGISTRY[name](config, mesh)
 
 
-def validate_images(images: Any, image_size: int, where: str) -> None:
-  """Raises a ValueError unless ``images`` is an NHWC batch of ``image_size`` RGB images.
+def validate_images(images: Any, image_shape: tuple[int, int, int], where: str) -> None:
+  """Raises a ValueError unless ``images`` is an NHWC batch of ``image_shape`` images.
 
   Accepts uint8 (as stored) or float32 in [0, 255].
   """
   shape, dtype = tuple(np.shape(images)), np.dtype(images.dtype)
+  height, width, channels = image_shape
   if len(shape) != 4:
-    raise ValueError(f"{where}: images must be a batch [B, H, W, 3] (rank 4), got shape {shape}.")
-  if shape[1:] != (image_size, image_size, 3):
-    raise ValueError(f"{where}: images must be [B, {image_size}, {image_size}, 3] for this "
-                     f"config (data.image_size={image_size}), got {shape}; resize them first.")
+    raise ValueError(f"{where}: images must be a batch [B, H, W, {channels}] (rank 4), got "
+                     f"shape {shape}.")
+  if shape[1:] != tuple(image_shape):
+    raise ValueError(f"{where}: images must be [B, {height}, {width}, {channels}] for this "
+                     f"config (data.image_size={height}, data.channels={channels}), got "
+                     f"{shape}; resize them first.")
   if dtype not in (np.uint8, np.float32):
     raise ValueError(f"{where}: images must be uint8 or float32 in [0, 255], got {dtype}.")
 
 
-def normalize_images(images: jax.Array) -> jax.Array:
-  """uint8 or [0, 255] float images -> float32, about zero mean and unit variance."""
-  return (images.astype(np.float32) / 255.0 - 0.5) / 0.25
+def normalize_images(images: jax.Array, mean=DEFAULT_MEAN, std=DEFAULT_STD) -> jax.Array:
+  """uint8 or [0, 255] float images -> float32 ``(x / 255 - mean) / std`` per channel."""
+  mean = np.asarray(mean, np.float32)
+  std = np.asarray(std, np.float32)
+  return (images.astype(np.float32) / 255.0 - mean) / std

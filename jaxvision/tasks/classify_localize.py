@@ -9,6 +9,7 @@ and ``R`` is a multitask regularizer on the stacked head matrix (see
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -21,7 +22,8 @@ from jaxvision import data as data_lib
 from jaxvision import ops, viz
 from jaxvision.models.classify_localize import (ClassifyLocalize, multitask_regularizer,
                                                 normalized_to_pixels, stacked_head_weights)
-from jaxvision.models.detection import smooth_l1
+from jaxvision.models.losses import smooth_l1
+from jaxvision.models.resnet import build_backbone
 from jaxvision.tasks import base
 
 BOX_LOSSES = ("l2", "smooth_l1", "giou")
@@ -60,11 +62,11 @@ class ClassifyLocalizeEvaluator(base.Evaluator):
 
 
 @base.register("classify_localize")
-class ClassifyLocalizeTask(base.Task):
+class ClassifyLocalizeTask(base.SupervisedTask):
   """Single-object classification + box regression on the shapes dataset."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+    super().__init__(config, mesh)
     if config.model.box_loss not in BOX_LOSSES:
       raise ValueError(f"Unknown model.box_loss {config.model.box_loss!r}; use one of {BOX_LOSSES}.")
     if config.model.regularizer != "none":
@@ -73,19 +75,22 @@ class ClassifyLocalizeTask(base.Task):
       raise ValueError("classify_localize predicts one object per image: set data.max_boxes=1 "
                        f"(got {config.data.max_boxes}).")
     self.image_size = config.data.image_size
-    self.class_names = data_lib.CLASS_NAMES
-    self._model = ClassifyLocalize(
-        num_classes=len(self.class_names), backbone=config.model.backbone,
-        backbone_kwargs=dict(config.model.backbone_kwargs),
-        neck_channels=config.model.neck_channels, hidden=config.model.hidden,
-        roi_feature=config.model.get("roi_feature", "C3"))
+    self.backbone_module = build_backbone(config.model.backbone,
+                                          **dict(config.model.backbone_kwargs))
+    self._predict = jax.jit(self._forward)
 
-  @property
+  @functools.cached_property
   def model(self) -> ClassifyLocalize:
-    return self._model
+    """Its classes are the data source's (``model.num_classes`` overrides their count)."""
+    return ClassifyLocalize(
+        num_classes=self.config.model.get("num_classes", None) or len(self.class_names),
+        backbone=self.config.model.backbone,
+        backbone_kwargs=dict(self.config.model.backbone_kwargs),
+        neck_channels=self.config.model.neck_channels, hidden=self.config.model.hidden,
+        roi_feature=self.config.model.get("roi_feature", "C3"))
 
   def validate_batch(self, batch: Mapping[str, np.ndarray]) -> None:
-    base.validate_images(batch["image"], self.image_size, "batch['image']")
+    base.validate_images(batch["image"], self.image_shape, "batch['image']")
     data_lib.validate_boxes(batch)
     real = batch.get("example_mask", np.ones(len(batch["image"]), bool))
     if not np.all(batch["box_valid"][real, 0]):
@@ -93,12 +98,12 @@ class ClassifyLocalizeTask(base.Task):
                        "is False for some examples.")
 
   def init_variables(self, rng: jax.Array, batch: Mapping[str, Any]) -> dict[str, Any]:
-    return self._model.init(rng, base.normalize_images(jnp.asarray(batch["image"])), train=False)
+    return self.model.init(rng, self.normalize(jnp.asarray(batch["image"])), train=False)
 
   def loss_fn(self, params, model_state, batch, rng):
     del rng  # Deterministic model; augmentation randomness lives in the data pipeline.
-    outputs, new_state = self._model.apply(
-        {"params": params, **model_state}, base.normalize_images(batch["image"]), train=True,
+    outputs, new_state = self.model.apply(
+        {"params": params, **model_state}, self.normalize(batch["image"]), train=True,
         mutable=["batch_stats"])
     labels = batch["labels"][:, 0]
     target = batch["boxes"][:, 0] / self.image_size
@@ -117,7 +122,7 @@ class ClassifyLocalizeTask(base.Task):
     return loss, (metrics, new_state)
 
   def _forward(self, variables, images):
-    outputs = self._model.apply(variables, base.normalize_images(images), train=False)
+    outputs = self.model.apply(variables, self.normalize(images), train=False)
     probabilities = jax.nn.softmax(outputs["logits"])
     boxes = normalized_to_pixels(outputs["boxes"], self.image_size)
     return {"classes": jnp.argmax(probabilities, -1).astype(jnp.int32),
@@ -133,8 +138,8 @@ class ClassifyLocalizeTask(base.Task):
 
   def predict(self, variables, images) -> dict[str, jax.Array]:
     """``classes [B]``, ``scores [B]`` and ``boxes [B, 4]`` (xyxy pixels) for NHWC images."""
-    base.validate_images(images, self.image_size, "predict")
-    return jax.jit(self._forward)(variables, jnp.asarray(images))
+    base.validate_images(images, self.image_shape, "predict")
+    return self._predict(variables, jnp.asarray(images))
 
   def write_pictures(self, variables, batch, outputs, directory, step) -> list[str]:
     del variables

@@ -8,16 +8,17 @@ of the first 100 proposals per image taken as class-agnostic detections (COCO AR
 every class mapped to one category), refined ones when the model refines its proposals.
 
 Fast R-CNN mode (``config.model.proposal_source = "data"``): the proposals come with the
-batch. They are made on the host by :func:`synthetic_proposals` (jittered ground-truth
-boxes plus random boxes, seeded by the step or the image id), standing in for an external
-proposal method such as Selective Search, so both stages can be compared on the same data.
+batch. They are made in the input pipeline's workers by :func:`synthetic_proposals`
+(jittered ground-truth boxes plus random boxes; see ``DetectionTask.preprocess``), standing
+in for an external proposal method such as Selective Search, so both stages can be compared
+on the same data.
 Crowd annotations (``is_crowd``) are left out of the training targets, as in torchvision.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,7 @@ from jaxvision import data as data_lib
 from jaxvision import viz
 from jaxvision.evaluation import coco
 from jaxvision.models.detection import FasterRCNN, PROPOSAL_SOURCES
+from jaxvision.models.resnet import build_backbone
 from jaxvision.tasks import base
 
 # Proposals kept per image for ``rpn_AR100``.
@@ -110,11 +112,11 @@ class DetectionEvaluator(base.Evaluator):
 
 
 @base.register("detection")
-class DetectionTask(base.Task):
+class DetectionTask(base.SupervisedTask):
   """Two-stage detection on any box dataset of ``jaxvision.data``."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+    super().__init__(config, mesh)
     model_config = config.model.to_dict()
     unknown = sorted(set(model_config) - _MODEL_CONFIG_FIELDS - {"num_classes"})
     if unknown:
@@ -128,14 +130,12 @@ class DetectionTask(base.Task):
                        "required, e.g. len(jaxvision.data.CLASS_NAMES) for shapes or 80 for COCO.")
     self.num_classes = model_config.pop("num_classes")
     self.image_size = config.data.image_size
-    self.class_names = (tuple(data_lib.CLASS_NAMES) if config.data.name == "shapes"
-                        else tuple(f"class {i}" for i in range(self.num_classes)))
-    if len(self.class_names) != self.num_classes:
-      raise ValueError(f"config.model.num_classes={self.num_classes} but the dataset has "
-                       f"{len(self.class_names)} classes {self.class_names}.")
     model_config = {k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items()}
     self.uses_data_proposals = model_config.get("proposal_source", "rpn") == "data"
     self._model = FasterRCNN(num_classes=self.num_classes, **model_config)
+    self.backbone_module = build_backbone(self._model.backbone,
+                                          **(self._model.backbone_kwargs or {}))
+    self._predict = jax.jit(self._forward)
     # Set by ``write_pictures`` (first eval batch), used when that evaluation's result is in.
     self._pr_curve_path: str | None = None
 
@@ -145,34 +145,33 @@ class DetectionTask(base.Task):
 
   # --- data ----------------------------------------------------------------------------
 
-  def _with_proposals(self, batch: dict[str, np.ndarray], seed: tuple[int, ...]
-                      ) -> dict[str, Any]:
-    """Adds Fast R-CNN ``proposals``/``proposal_valid``; row i is seeded by (*seed, image id)."""
-    if not self.uses_data_proposals:
-      return batch
+  def pipeline(self, split, training, features=None):
+    if len(self.class_names) != self.num_classes:
+      raise ValueError(f"config.model.num_classes={self.num_classes} but the dataset "
+                       f"{self.config.data.name!r} has {len(self.class_names)} classes "
+                       f"{self.class_names}.")
+    return super().pipeline(split, training, features)
+
+  def preprocess(self, example, rng):
+    """The standard row plus, in Fast R-CNN mode, its ``proposals``/``proposal_valid``.
+
+    Training proposals are drawn from the row's augmentation generator; evaluation
+    proposals from one seeded by ``(config.seed, image id)``, so every evaluation sees the
+    same ones.
+    """
+    row = super().preprocess(example, rng)
+    if not self.uses_data_proposals or "boxes" not in row:
+      return row
+    if rng is None:
+      rng = np.random.default_rng((self.config.seed, max(int(row["image_id"]), 0)))
     settings = self.config.data_proposals
-    made = [synthetic_proposals(boxes, valid, self.image_size, settings.num_proposals,
-                                settings.jittered_per_object, settings.jitter,
-                                np.random.default_rng((*seed, max(int(image_id), 0))))
-            for boxes, valid, image_id in zip(batch["boxes"], batch["box_valid"],
-                                              batch["image_id"])]
-    return {**batch, "proposals": np.stack([p for p, _ in made]),
-            "proposal_valid": np.stack([v for _, v in made])}
-
-  def train_batch(self, step: int) -> dict[str, np.ndarray]:
-    return self._with_proposals(super().train_batch(step), (self.config.seed, step))
-
-  def train_batches(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-    for step, batch in enumerate(super().train_batches(start_step), start_step):
-      yield self._with_proposals(batch, (self.config.seed, step))
-
-  def eval_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
-    for batch in super().eval_batches(split):
-      # Eval proposals depend on the image only, so every evaluation sees the same ones.
-      yield self._with_proposals(batch, (self.config.seed,))
+    row["proposals"], row["proposal_valid"] = synthetic_proposals(
+        row["boxes"], row["box_valid"], self.image_size, settings.num_proposals,
+        settings.jittered_per_object, settings.jitter, rng)
+    return row
 
   def validate_batch(self, batch: Mapping[str, np.ndarray]) -> None:
-    base.validate_images(batch["image"], self.image_size, "batch['image']")
+    base.validate_images(batch["image"], self.image_shape, "batch['image']")
     data_lib.validate_boxes(batch)
     labels = np.asarray(batch["labels"])[np.asarray(batch["box_valid"], bool)]
     if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
@@ -187,7 +186,7 @@ class DetectionTask(base.Task):
     return {"proposals": batch["proposals"], "proposal_valid": batch["proposal_valid"]}
 
   def init_variables(self, rng: jax.Array, batch: Mapping[str, Any]) -> dict[str, Any]:
-    return self._model.init(rng, base.normalize_images(jnp.asarray(batch["image"])), train=False,
+    return self._model.init(rng, self.normalize(jnp.asarray(batch["image"])), train=False,
                             **self._proposal_inputs(batch))
 
   def loss_fn(self, params, model_state, batch, rng):
@@ -195,7 +194,7 @@ class DetectionTask(base.Task):
     if "is_crowd" in batch:
       gt_valid = gt_valid & ~batch["is_crowd"]
     outputs, new_state = self._model.apply(
-        {"params": params, **model_state}, base.normalize_images(batch["image"]), train=True,
+        {"params": params, **model_state}, self.normalize(batch["image"]), train=True,
         gt_boxes=batch["boxes"], gt_labels=batch["labels"], gt_valid=gt_valid,
         **self._proposal_inputs(batch), rngs={"sampling": rng}, mutable=["batch_stats"])
     losses = outputs["losses"]
@@ -203,7 +202,7 @@ class DetectionTask(base.Task):
     return loss, ({**losses, **outputs["metrics"]}, new_state)
 
   def _forward(self, variables, images, proposal_inputs):
-    outputs = self._model.apply(variables, base.normalize_images(images), train=False,
+    outputs = self._model.apply(variables, self.normalize(images), train=False,
                                 **proposal_inputs)
     for name in ("proposal_boxes", "proposal_scores", "proposal_valid"):
       outputs[name] = outputs[name][:, :PROPOSALS_FOR_RECALL]
@@ -229,7 +228,7 @@ class DetectionTask(base.Task):
     ``classes [B, D]`` (``0..C-1``), ``valid [B, D]`` with ``D = model.max_detections``.
     Fast R-CNN models also need ``proposals [B, P, 4]`` and ``proposal_valid [B, P]``.
     """
-    base.validate_images(images, self.image_size, "predict")
+    base.validate_images(images, self.image_shape, "predict")
     proposal_inputs = {}
     if self.uses_data_proposals:
       if proposals is None or proposal_valid is None:
@@ -237,7 +236,7 @@ class DetectionTask(base.Task):
                          "(model.proposal_source='data'): pass proposals and proposal_valid.")
       proposal_inputs = {"proposals": jnp.asarray(proposals),
                          "proposal_valid": jnp.asarray(proposal_valid)}
-    outputs = jax.jit(self._forward)(variables, jnp.asarray(images), proposal_inputs)
+    outputs = self._predict(variables, jnp.asarray(images), proposal_inputs)
     return {k: outputs[k] for k in ("boxes", "scores", "classes", "valid")}
 
   def write_pictures(self, variables, batch, outputs, directory, step) -> list[str]:

@@ -30,7 +30,8 @@ def test_rows_have_the_documented_shapes_and_dtypes(multi_config):
   batch = _pipeline(multi_config).host_batch(0)
   expected = {
       "image": ((BATCH, 64, 64, 3), np.uint8), "boxes": ((BATCH, 10, 4), np.float32),
-      "labels": ((BATCH, 10), np.int32), "box_valid": ((BATCH, 10), np.bool_),
+      "label": ((BATCH,), np.int32), "labels": ((BATCH, 10), np.int32),
+      "box_valid": ((BATCH, 10), np.bool_),
       "masks": ((BATCH, 10, 64, 64), np.uint8), "keypoints": ((BATCH, 10, 4, 3), np.float32),
       "semantic": ((BATCH, 64, 64), np.int32), "area": ((BATCH, 10), np.float32),
       "is_crowd": ((BATCH, 10), np.bool_), "image_id": ((BATCH,), np.int32)}
@@ -146,11 +147,11 @@ def test_process_defaults_come_from_jax(single_config):
 @pytest.mark.parametrize("change, kwargs, message", [
     (dict(features=("image", "boxs")), {}, r"Unknown data.features \['boxs'\]"),
     (dict(name="coco/2017", features=("image", "masks")), {},
-     r"'coco/2017' does not provide features \['masks'\]"),
+     r"'coco/2017' is not prepared .* jaxvision never downloads"),
     (dict(max_objects=3), {}, r"max_objects=3 exceeds data.max_boxes=1"),
     ({}, dict(split="valid"), r"Unknown split 'valid'.*'validation'"),
     ({}, dict(batch=15, count=2), r"batch size 15 must be a positive multiple of .* \(2\)"),
-    (dict(name="imagenet2012"), {}, r"no record format"),
+    (dict(name="imagenet2012"), {}, r"Unknown data source 'imagenet2012'.*'tfds:<argument>'"),
 ])
 def test_bad_settings_raise_clear_errors(single_config, change, kwargs, message):
   config = single_config.copy_and_resolve_references()

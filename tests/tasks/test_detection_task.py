@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import Mesh
 
 from jaxvision import ops, parallel, trainer
-from jaxvision.evaluation import coco
+from jaxvision.evaluation import coco, evaluators
 from jaxvision.tasks import detection as detection_task
 from jaxvision.tasks import get_task
 
@@ -28,20 +28,20 @@ def trained(tmp_path_factory):
   once: a second trace would mean the jitted step recompiled.
   """
   config = shapes_config.get_config("quick")
-  task = get_task(config)
-  task.loss_fn = chex.assert_max_traces(task.loss_fn, n=1)
   mesh = Mesh(np.asarray(jax.devices()[:2]), (parallel.DATA_AXIS,))
+  task = get_task(config, mesh)
+  task.loss_fn = chex.assert_max_traces(task.loss_fn, n=1)
   batches = [task.train_batch(0), task.train_batch(1)]
   batches[1]["box_valid"][0] = False
-  state, tx = trainer.create_train_state(task, config, mesh, batches[0])
-  train_step = trainer.make_train_step(task, config, tx, mesh)
+  state = trainer.init_state(task, config, batches[0])
+  train_step = trainer.make_train_step(task, config)
   history = []
   for step in range(10):
     state, metrics = train_step(state, parallel.global_batch(batches[step % 2], mesh))
     history.append(jax.device_get(metrics))
   picture_dir = str(tmp_path_factory.mktemp("detection_pictures"))
-  eval_metrics = trainer.evaluate(task, trainer.variables_of(state), mesh, config.eval_split,
-                                  picture_dir, step=10)
+  eval_metrics = evaluators.run_evaluators(
+      evaluators.make_evaluators(task, config, picture_dir), state, 10, config.seed)
   return config, task, state, history, eval_metrics, picture_dir
 
 
@@ -71,7 +71,7 @@ def test_evaluation_gives_coco_numbers_rpn_recall_and_pictures(trained):
 def test_predict_returns_padded_detections_and_rejects_bad_images(trained):
   config, task, state, _, _, _ = trained
   images = task.train_batch(0)["image"][:2]
-  out = task.predict(trainer.variables_of(state), images)
+  out = task.predict(task.inference_variables(state), images)
   max_detections = config.model.max_detections
   chex.assert_shape(out["boxes"], (2, max_detections, 4))
   chex.assert_shape([out["scores"], out["classes"], out["valid"]], (2, max_detections))
@@ -79,7 +79,7 @@ def test_predict_returns_padded_detections_and_rejects_bad_images(trained):
   assert np.all(boxes[..., 2:] >= boxes[..., :2])
   assert np.all(boxes >= 0) and np.all(boxes <= config.data.image_size)
   with pytest.raises(ValueError, match="images must be"):
-    task.predict(trainer.variables_of(state), images[:, :32])
+    task.predict(task.inference_variables(state), images[:, :32])
 
 
 def test_unknown_model_field_is_an_error_naming_it():

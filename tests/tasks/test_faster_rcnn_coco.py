@@ -21,7 +21,8 @@ import configs.faster_rcnn_coco as coco_config
 def test_coco_config_full_size_r50_fpn_one_train_step():
   """The real R50-FPN at 1024 x 1024 (COCO's input shapes), one step on a fake batch."""
   config = coco_config.get_config()
-  task = get_task(config)
+  mesh = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
+  task = get_task(config, mesh)
   size, max_boxes = config.data.image_size, config.data.max_boxes
   rng = np.random.default_rng(0)
   boxes = np.zeros((1, max_boxes, 4), np.float32)
@@ -32,12 +33,11 @@ def test_coco_config_full_size_r50_fpn_one_train_step():
            "area": np.zeros((1, max_boxes), np.float32),
            "is_crowd": np.zeros((1, max_boxes), bool), "image_id": np.zeros((1,), np.int32)}
   task.validate_batch(batch)
-  mesh = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
-  state, tx = trainer.create_train_state(task, config, mesh, batch)
+  state = trainer.init_state(task, config, batch)
   backbone_params = sum(x.size for x in jax.tree.leaves(state["params"]["backbone"]))
   assert 23e6 < backbone_params < 24e6  # ResNet-50 without its classifier: 23.5M
   start = time.perf_counter()
-  _, metrics = trainer.make_train_step(task, config, tx, mesh)(
+  _, metrics = trainer.make_train_step(task, config)(
       state, parallel.global_batch(batch, mesh))
   assert np.isfinite(float(metrics["loss"]))
   print(f"COCO R50-FPN one train step (compile + run): {time.perf_counter() - start:.1f} s")
