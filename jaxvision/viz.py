@@ -1,4 +1,5 @@
-"""Pictures: boxes, masks and labels on images, image grids, PR curves, reliability diagrams.
+"""Pictures: boxes, masks and labels on images, segmentation maps, image grids, PR curves,
+reliability diagrams.
 
 All functions take host numpy arrays, draw with Pillow or matplotlib (Agg backend, no
 display needed), write a PNG and return its path.
@@ -14,6 +15,8 @@ from PIL import Image, ImageDraw
 
 TRUE_COLOUR = (40, 220, 60)
 PREDICTED_COLOUR = (240, 40, 40)
+# Pixels not scored (a segmentation map's ignore label): PASCAL VOC's cream.
+IGNORE_COLOUR = (224, 224, 192)
 
 
 def draw_boxes(image: np.ndarray, boxes: np.ndarray, captions: Sequence[str],
@@ -159,4 +162,94 @@ def plot_reliability_diagram(diagram, path: str, title: str = "Reliability diagr
   axis.legend(loc="upper left")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   figure.savefig(path, dpi=100)
+  return path
+
+
+def class_palette(num_classes: int) -> np.ndarray:
+  """uint8 ``[num_classes, 3]`` colours: the PASCAL VOC palette (class 0 black, then
+  distinct colours from the bits of the class index)."""
+  palette = np.zeros((num_classes, 3), np.uint8)
+  for label in range(num_classes):
+    code = label
+    for bit in range(7, -1, -1):
+      for channel in range(3):
+        palette[label, channel] |= ((code >> channel) & 1) << bit
+      code >>= 3
+  return palette
+
+
+def colour_segmentation(labels: np.ndarray, num_classes: int, ignore_label: int = 255
+                        ) -> np.ndarray:
+  """int ``[H, W]`` class map -> uint8 ``[H, W, 3]``: :func:`class_palette` colours,
+  ``IGNORE_COLOUR`` for ``ignore_label`` and any label outside ``[0, num_classes)``."""
+  labels = np.asarray(labels)
+  known = (labels >= 0) & (labels < num_classes) & (labels != ignore_label)
+  colours = class_palette(num_classes)[np.where(known, labels, 0)]
+  colours[~known] = IGNORE_COLOUR
+  return colours
+
+
+def draw_segmentations(images: np.ndarray, truths: np.ndarray, predictions: np.ndarray,
+                       class_names: Sequence[str], path: str, ignore_label: int = 255,
+                       scale: int = 1, padding: int = 2) -> str:
+  """One row per image, ``image | truth | prediction``, over a colour legend, as a PNG.
+
+  Args:
+    images: uint8 ``[N, H, W, 3]`` (or ``[N, H, W, 1]``, drawn grey).
+    truths: int ``[N, H, W]`` true classes (``ignore_label`` where not scored).
+    predictions: int ``[N, H, W]`` predicted classes.
+    class_names: C names, index = class.
+    path: where to write the PNG.
+    ignore_label: drawn in ``IGNORE_COLOUR`` and listed as "ignored" in the legend.
+    scale: integer enlargement (nearest neighbour) so small images stay readable.
+    padding: pixels between panels.
+
+  Returns:
+    ``path``.
+  """
+  images, truths, predictions = (np.asarray(a) for a in (images, truths, predictions))
+  if not len(images):
+    raise ValueError("draw_segmentations needs at least one image.")
+  if truths.shape != images.shape[:3] or predictions.shape != images.shape[:3]:
+    raise ValueError(f"truths {truths.shape} and predictions {predictions.shape} must be "
+                     f"[N, H, W] maps of the images {images.shape}.")
+  if images.shape[-1] == 1:
+    images = np.repeat(images, 3, axis=-1)
+  num_classes = len(class_names)
+  rows = []
+  for image, truth, prediction in zip(images, truths, predictions):
+    panels = [image, colour_segmentation(truth, num_classes, ignore_label),
+              colour_segmentation(prediction, num_classes, ignore_label)]
+    gap = np.full((image.shape[0], padding, 3), 255, np.uint8)
+    rows.append(np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1))
+  gap = np.full((padding, rows[0].shape[1], 3), 255, np.uint8)
+  grid = np.concatenate([part for row in rows for part in (row, gap)][:-1], axis=0)
+  grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+
+  # Column titles above the grid; below it a legend: a swatch and a name per class, wrapped.
+  line, swatch = 14, 10
+  entries = [(tuple(int(c) for c in colour), name)
+             for colour, name in zip(class_palette(num_classes), class_names)]
+  entries.append((IGNORE_COLOUR, "ignored"))
+  width = grid.shape[1]
+  positions, x, y = [], 0, 0
+  for _, name in entries:
+    entry_width = swatch + 4 + 6 * len(name) + 10  # Pillow's default font: ~6 px a character.
+    if x and x + entry_width > width:
+      x, y = 0, y + line
+    positions.append((x, y))
+    x += entry_width
+  legend_top = line + grid.shape[0] + 4
+  canvas = Image.new("RGB", (width, legend_top + y + line), (255, 255, 255))
+  canvas.paste(Image.fromarray(grid), (0, line))
+  draw = ImageDraw.Draw(canvas)
+  panel_width = images.shape[2] * scale
+  for column, title in enumerate(("image", "truth", "prediction")):
+    draw.text((column * (panel_width + padding * scale) + 2, 1), title, fill=(0, 0, 0))
+  for (colour, name), (x, y) in zip(entries, positions):
+    y += legend_top
+    draw.rectangle([x, y + 2, x + swatch, y + 2 + swatch], fill=colour, outline=(0, 0, 0))
+    draw.text((x + swatch + 4, y + 1), name, fill=(0, 0, 0))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  canvas.save(path)
   return path

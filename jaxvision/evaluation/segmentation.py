@@ -1,4 +1,4 @@
-"""Semantic segmentation: a confusion matrix summed inside jit, mIoU, pixel accuracy.
+"""Semantic segmentation: a confusion matrix summed inside jit, mean IoU, pixel accuracy.
 
 ``confusion_matrix`` is a pure, jit-able function of label and prediction maps; on
 batch-sharded inputs XLA sums the per-device partial counts itself, so the same call works
@@ -58,11 +58,11 @@ def segmentation_metrics(confusion: np.ndarray) -> dict[str, float | np.ndarray]
 
   Returns:
     ``per_class_iou`` float64 [C]: ``tp / (tp + fp + fn)``, NaN for a class absent from
-    both the labels and the predictions; ``mIoU``: the mean over the other classes (the
+    both the labels and the predictions; ``mean_iou``: the mean over the other classes (the
     usual practice, e.g. mmsegmentation's ``nanmean``), so a class that never occurs does
-    not count as 0 or 1; ``pixel_accuracy``: correct / counted pixels; ``mean_accuracy``:
-    mean over classes present in the labels of their recall ``tp / (tp + fn)``. Means over
-    no class are NaN.
+    not count as 0 or 1; ``pixel_accuracy``: correct / counted pixels;
+    ``mean_class_accuracy``: mean over classes present in the labels of their recall
+    ``tp / (tp + fn)``. Means over no class are NaN.
   """
   confusion = np.asarray(confusion, np.float64)
   true_positive = np.diag(confusion)
@@ -73,8 +73,9 @@ def segmentation_metrics(confusion: np.ndarray) -> dict[str, float | np.ndarray]
     per_class_iou = np.where(union > 0, true_positive / union, np.nan)
     class_accuracy = np.where(labelled > 0, true_positive / labelled, np.nan)
     pixel_accuracy = true_positive.sum() / confusion.sum()
-  return {"mIoU": _nanmean(per_class_iou), "per_class_iou": per_class_iou,
-          "pixel_accuracy": float(pixel_accuracy), "mean_accuracy": _nanmean(class_accuracy)}
+  return {"mean_iou": _nanmean(per_class_iou), "per_class_iou": per_class_iou,
+          "pixel_accuracy": float(pixel_accuracy),
+          "mean_class_accuracy": _nanmean(class_accuracy)}
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -117,11 +118,11 @@ class SegmentationEvaluator(Evaluator):
                                                   self.num_classes, self.ignore_label))
 
   def result(self) -> dict[str, float]:
-    """``mIoU``, ``pixel_accuracy``, ``mean_accuracy`` and ``IoU/<class>`` for the classes
-    present in labels or predictions."""
+    """``mean_iou``, ``pixel_accuracy``, ``mean_class_accuracy`` and ``iou_<class name>`` for
+    the classes present in labels or predictions."""
     metrics = segmentation_metrics(self.confusion)
-    result = {key: metrics[key] for key in ("mIoU", "pixel_accuracy", "mean_accuracy")}
+    result = {key: metrics[key] for key in ("mean_iou", "pixel_accuracy", "mean_class_accuracy")}
     for name, iou in zip(self.class_names, metrics["per_class_iou"]):
       if not np.isnan(iou):
-        result[f"IoU/{name}"] = float(iou)
+        result[f"iou_{name}"] = float(iou)
     return result

@@ -1,4 +1,4 @@
-"""Static-shape box, NMS, RoIAlign, anchor, matching and mask ops.
+"""Static-shape box, NMS, RoIAlign, anchor, matching, mask and up/down-sampling ops.
 
 Pure JAX functions: they run under ``jit``, batch with ``vmap`` and work on CPU, GPU and
 TPU. Boxes are ``(x1, y1, x2, y2)`` in absolute pixels, continuous coordinates (no +1);
@@ -38,6 +38,11 @@ from jaxvision.ops.roi_align import crop_and_resize_masks
 from jaxvision.ops.roi_align import fpn_level_index
 from jaxvision.ops.roi_align import multilevel_roi_align
 from jaxvision.ops.roi_align import roi_align
+from jaxvision.ops.upsampling import bed_of_nails_unpool
+from jaxvision.ops.upsampling import conv_transpose
+from jaxvision.ops.upsampling import max_pool_with_indices
+from jaxvision.ops.upsampling import max_unpool
+from jaxvision.ops.upsampling import nearest_upsample
 
 __all__ = [
     "DEFAULT_SCALE_CLAMP",
@@ -46,10 +51,12 @@ __all__ = [
     "POSITIVE",
     "anchor_templates",
     "batched_nms",
+    "bed_of_nails_unpool",
     "box_area",
     "box_iou",
     "box_voting",
     "clip_boxes",
+    "conv_transpose",
     "crop_and_resize_masks",
     "cxcywh_to_xyxy",
     "decode_boxes",
@@ -60,7 +67,10 @@ __all__ = [
     "mask_iou",
     "match_boxes",
     "match_iou",
+    "max_pool_with_indices",
+    "max_unpool",
     "multilevel_roi_align",
+    "nearest_upsample",
     "nms",
     "num_anchors_per_level",
     "paired_box_iou",

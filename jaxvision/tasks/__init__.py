@@ -2,5 +2,5 @@
 
 from jaxvision.tasks import classify_localize
 from jaxvision.tasks import detection
-
+from jaxvision.tasks import segmentation
 from jaxvision.tasks.base import Evaluator, SupervisedTask, Task, get_task, register

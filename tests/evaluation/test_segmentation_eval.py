@@ -28,17 +28,17 @@ def test_hand_computed_case():
   metrics = segmentation.segmentation_metrics(confusion)
   # IoU_0 = 1 / (2 + 1 - 1) = 1/2; IoU_1 = 2 / (3 + 3 - 2) = 1/2; IoU_2 = 0 / (0 + 1 - 0) = 0.
   np.testing.assert_allclose(metrics["per_class_iou"], [0.5, 0.5, 0.0])
-  assert metrics["mIoU"] == pytest.approx(1 / 3)
+  assert metrics["mean_iou"] == pytest.approx(1 / 3)
   assert metrics["pixel_accuracy"] == pytest.approx(3 / 5)
   # Class 2 has no labelled pixel: accuracy over classes 0 (1/2) and 1 (2/3).
-  assert metrics["mean_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+  assert metrics["mean_class_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)
 
 
 def test_classes_absent_everywhere_are_left_out_of_the_mean():
   confusion = np.array([[3, 1, 0], [1, 5, 0], [0, 0, 0]])
   metrics = segmentation.segmentation_metrics(confusion)
   assert np.isnan(metrics["per_class_iou"][2])
-  assert metrics["mIoU"] == pytest.approx((3 / 5 + 5 / 7) / 2)
+  assert metrics["mean_iou"] == pytest.approx((3 / 5 + 5 / 7) / 2)
 
 
 def test_random_maps_match_numpy_reference():
@@ -55,7 +55,7 @@ def test_random_maps_match_numpy_reference():
   metrics = segmentation.segmentation_metrics(confusion)
   intersection = np.diag(expected)
   union = expected.sum(0) + expected.sum(1) - intersection
-  assert metrics["mIoU"] == pytest.approx(np.mean(intersection / union))
+  assert metrics["mean_iou"] == pytest.approx(np.mean(intersection / union))
   assert metrics["pixel_accuracy"] == pytest.approx(intersection.sum() / expected.sum())
 
 
@@ -93,8 +93,11 @@ def test_evaluator_accumulates_batches_and_skips_padding():
   np.testing.assert_array_equal(evaluator.confusion, expected)
   result = evaluator.result()
   metrics = segmentation.segmentation_metrics(expected)
-  assert result["mIoU"] == pytest.approx(metrics["mIoU"])
-  assert result["IoU/b"] == pytest.approx(metrics["per_class_iou"][2])
+  assert set(result) == {"mean_iou", "pixel_accuracy", "mean_class_accuracy", "iou_bg",
+                         "iou_a", "iou_b"}
+  assert result["mean_iou"] == pytest.approx(metrics["mean_iou"])
+  assert result["mean_class_accuracy"] == pytest.approx(metrics["mean_class_accuracy"])
+  assert result["iou_b"] == pytest.approx(metrics["per_class_iou"][2])
   with pytest.raises(ValueError, match="label resolution"):
     evaluator.add({"semantic": np.zeros((4, 4, 4), int)},
                   {"semantic": labels, "example_mask": example_mask})
