@@ -19,7 +19,8 @@ then one class-agnostic regression of every proposal by a box head on 7 x 7 bili
 samples inside it (``model.refine_proposals``: RoIAlign with one sample per bin, a second
 proposal stage as in Cascade RPN / Cascade R-CNN) before the RoI head. ``eval/rpn_AR100``
 measures the proposals after that refinement (0.903 against 0.815 before it in the
-reported run; docs/RESULTS.md).
+3000-step run of docs/RESULTS.md). 4000 steps: the reported run (AP 0.795, AP50 0.938,
+rpn_AR100 0.907 in 19.5 minutes with the dataset generation).
 """
 
 import ml_collections
@@ -32,7 +33,7 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.task = "detection"
   config.seed = 0
-  config.total_steps = 3000
+  config.total_steps = 4000
   config.batch_size = 8
   config.eval_every = 1000
   config.checkpoint_every = 1000

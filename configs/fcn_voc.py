@@ -18,9 +18,9 @@ TFDS). So this config reads a user-prepared ``.npz`` through the ``arrays`` sour
   with nearest neighbours the same way: 0 background, 1..20 the classes in ``CLASS_NAMES``
   order, 255 on VOC's void outlines and on the padding.
 
-``data.splits`` takes the first 1464 rows as ``train`` and the rest as ``validation``. The
-``arrays`` source must deliver the file's ``semantic`` array as the ``semantic`` feature for
-this to run (it reads ``images`` and ``labels`` today). VOC's void band is already in its
+``data.splits`` takes the first 1464 rows as ``train`` and the rest as ``validation``; the
+``arrays`` source delivers the file's ``semantic`` array as the ``semantic`` feature. VOC's
+void band is already in its
 masks, so ``model.boundary_ignore_width`` is 0. Training from scratch on 1464 images gives a
 poor FCN: set ``init_from`` to a run whose ``resnet50`` backbone was trained on ImageNet (the
 decoder then trains from scratch, as in FCN).

@@ -359,11 +359,11 @@ def _prepared_tfds_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder
 
 
 # --- arrays ------------------------------------------------------------------------------
-def _array_record(images: np.ndarray, labels: np.ndarray | None, start: int,
-                  index: int) -> dict[str, Any]:
-  record = {"image": images[start + index], "index": start + index}
-  if labels is not None:
-    record["label"] = labels[start + index]
+def _array_record(arrays: Mapping[str, np.ndarray], start: int, index: int) -> dict[str, Any]:
+  """Row ``start + index`` of every array (``images`` as ``image``), and its index."""
+  record = {("image" if name == "images" else name): values[start + index]
+            for name, values in arrays.items()}
+  record["index"] = start + index
   return record
 
 
@@ -372,11 +372,13 @@ class ArraysSource(DataSource):
   """Images (and labels) of an ``.npz`` file, split by index ranges.
 
   The file (``data.path``) holds ``images`` uint8 [N, H, W] or [N, H, W, C] (C = 1 or 3),
-  optionally ``labels`` [N] (integers >= 0) and ``class_names`` [num_classes] (strings).
+  optionally ``labels`` [N] (integers >= 0), ``semantic`` [N, H, W] (integer class maps,
+  e.g. VOC's palette indices with 255 on void pixels) and ``class_names`` [num_classes]
+  (strings).
   ``data.splits`` maps each split to ``[start, end)``: integer indices, or fractions of N
   (floats in [0, 1], rounded to the nearest index). Examples: ``image`` uint8 [H, W, C]
   ([H, W, 1] for [N, H, W] files), ``image_id`` = the image's index in the file, ``label``
-  when the file has labels. Class names: the file's, else ``data.class_names``, else
+  when the file has labels, ``semantic`` int32 [H, W] when it has class maps. Class names: the file's, else ``data.class_names``, else
   ``"class 0"``, ``"class 1"``, ... up to the largest label.
   """
 
@@ -397,10 +399,17 @@ class ArraysSource(DataSource):
       images = self._checked_images(arrays["images"], path)
       labels = (self._checked_labels(arrays["labels"], len(images), path)
                 if "labels" in arrays.files else None)
+      semantic = (self._checked_semantic(arrays["semantic"], images.shape[:3], path)
+                  if "semantic" in arrays.files else None)
       file_class_names = (tuple(str(name) for name in arrays["class_names"])
                           if "class_names" in arrays.files else ())
-    images.setflags(write=False)  # examples are views of it: later stages must copy
-    self._images, self._labels = images, labels
+    self._arrays = {"images": images}
+    if labels is not None:
+      self._arrays["labels"] = labels
+    if semantic is not None:
+      self._arrays["semantic"] = semantic
+    for values in self._arrays.values():
+      values.setflags(write=False)  # examples are views of them: later stages must copy
     self._ranges = self._split_ranges(data_config.splits, len(images), path)
     self.splits = tuple(self._ranges)
     class_names = file_class_names or tuple(data_config.class_names)
@@ -412,7 +421,8 @@ class ArraysSource(DataSource):
         origin = "the file's class_names" if file_class_names else "data.class_names"
         raise ValueError(f"{origin} names {len(class_names)} classes but {path} has label "
                          f"{num_classes - 1}; give one name per class.")
-    features = {"image"} | ({"label"} if labels is not None else set())
+    features = {"image"} | ({"label"} if labels is not None else set()) | (
+        {"semantic"} if semantic is not None else set())
     self.metadata = SourceMetadata(class_names=class_names, channels=images.shape[-1],
                                    features=frozenset(features))
 
@@ -439,6 +449,16 @@ class ArraysSource(DataSource):
       raise ValueError(f"{path}: 'labels' must be 0-based class indices; got values in "
                        f"[{labels.min()}, {labels.max()}].")
     return labels.astype(np.int32)
+
+  @staticmethod
+  def _checked_semantic(semantic: np.ndarray, images_shape: tuple[int, ...], path: str
+                        ) -> np.ndarray:
+    """``semantic`` as int32 [N, H, W], one class map per image."""
+    if semantic.shape != images_shape or not np.issubdtype(semantic.dtype, np.integer):
+      raise ValueError(f"{path}: 'semantic' must be integer class maps [N, H, W] = "
+                       f"{list(images_shape)}, one per image; got shape {semantic.shape} "
+                       f"dtype {semantic.dtype}.")
+    return semantic.astype(np.int32)
 
   @staticmethod
   def _split_ranges(splits: ml_collections.ConfigDict, num_images: int, path: str
@@ -469,12 +489,13 @@ class ArraysSource(DataSource):
 
   def _split_records(self, split: str) -> Sequence[Mapping[str, Any]]:
     start, end = self._ranges[split]
-    return _RecordView(end - start,
-                       functools.partial(_array_record, self._images, self._labels, start))
+    return _RecordView(end - start, functools.partial(_array_record, self._arrays, start))
 
   def to_example(self, record: Mapping[str, Any], wanted: frozenset[str]) -> Example:
     del wanted  # every feature it has is cheap
     example = {"image": record["image"], "image_id": np.int32(record["index"])}
-    if "label" in record:
-      example["label"] = np.int32(record["label"])
+    if "labels" in record:
+      example["label"] = np.int32(record["labels"])
+    if "semantic" in record:
+      example["semantic"] = record["semantic"]
     return example

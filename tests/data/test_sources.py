@@ -128,6 +128,21 @@ def test_arrays_rgb_with_fractional_splits(tmp_path):
     source.records("validation")
 
 
+def test_arrays_semantic_maps_become_the_semantic_feature(tmp_path):
+  images = _gray_images(count=4)
+  semantic = np.arange(4 * 5 * 7).reshape(4, 5, 7).astype(np.uint8) % 3
+  semantic[1, 0, 0] = 255  # void
+  path = _save(tmp_path, images=images, semantic=semantic)
+  source = data.get_source(_arrays_config(path, {"train": [0, 2], "validation": [2, 4]}))
+  assert source.metadata.features == {"image", "semantic"}
+  example = source.to_example(source.records("train")[1], _EVERYTHING)
+  assert example["semantic"].dtype == np.int32 and example["semantic"][0, 0] == 255
+  np.testing.assert_array_equal(example["semantic"], semantic[1])
+  bad = _save(tmp_path, "bad.npz", images=images, semantic=semantic[:, :4])
+  with pytest.raises(ValueError, match=r"'semantic' must be integer class maps \[N, H, W\]"):
+    data.get_source(_arrays_config(bad, {"train": [0, 4]}))
+
+
 def test_arrays_class_names_from_the_file_then_the_config_then_numbers(tmp_path):
   labels = np.array([0, 1, 1, 0])
   images = _gray_images(count=4)
