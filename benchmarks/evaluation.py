@@ -21,7 +21,6 @@ cpu_devices.configure()  # Before jax is imported.
 
 # pylint: disable=wrong-import-position
 import argparse
-import importlib.util
 import os
 import statistics
 import time
@@ -32,13 +31,7 @@ from jaxvision import parallel, trainer
 from jaxvision.evaluation import evaluators
 from jaxvision.tasks import get_task
 
-
-def load_config(path: str):
-  path, _, variant = path.partition(":")
-  spec = importlib.util.spec_from_file_location("benchmark_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant or None)
+from detection import load_config  # benchmarks/detection.py (this script's directory)
 
 
 def seconds(function) -> float:

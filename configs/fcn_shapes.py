@@ -47,7 +47,8 @@ def fcn_model_config(upsampler: str) -> ml_collections.ConfigDict:
       name="fcn",
       upsampler=upsampler,
       backbone="resnet_small",
-      backbone_kwargs=ml_collections.ConfigDict(dict(stem="stride2", width=16)),
+      backbone_kwargs=ml_collections.ConfigDict(dict(stem="stride2", width=16,
+                                                      stage_sizes=(1, 1, 1, 1))),
       # C5, C4, C3, C2, image: wide where small shapes are recognised, narrow where the maps
       # are large (XLA:CPU's weight gradients of high-resolution convolutions are slow).
       decoder_channels=(64, 64, 32, 16, 8),

@@ -8,6 +8,12 @@ They also share a persistent compilation cache for the session (created by the f
 process that loads this file, before xdist starts its workers, which inherit the
 environment): the many tests and subprocesses that build the same quick-config programs
 compile each once. The size limit turns on jax's file lock, so concurrent writers are safe.
+
+Random numbers come from the unpartitionable threefry (``JAX_THREEFRY_PARTITIONABLE=0``,
+also inherited by subprocesses): XLA:CPU compiles a model's random initialization about
+three times faster with it. No test depends on the default's exact values (the goldens are
+made from numpy inputs), and a comparison's two sides (devices, processes, resumed runs)
+always draw from the same one. Tests that need the default set ``jax.threefry_partitionable``.
 """
 
 import atexit
@@ -16,6 +22,7 @@ import shutil
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="jaxvision_xla_cache_")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)

@@ -141,7 +141,13 @@ def test_eight_devices_match_one_device():
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = Mesh(np.asarray(devices), (parallel.DATA_AXIS,))
-    task, state, batches = _state_and_batches(config, mesh, 3)
+    # The tolerances below were measured from JAX's default initial weights; the session's
+    # unpartitionable threefry (tests/conftest.py) draws others, with which one weight
+    # leaves them after 3 steps (differences of a few ulps grow through batch norm).
+    with jax.threefry_partitionable(True):
+      task, state, batches = _state_and_batches(config, mesh, 3)
+    if len(devices) == 1:  # a copy, before the steps donate the state
+      fresh = np.array(state["params"]["class_head"]["kernel"])
     step_fn = trainer.make_train_step(task, config)
     for batch in batches:
       state, _ = step_fn(state, parallel.global_batch(batch, mesh))
@@ -152,10 +158,7 @@ def test_eight_devices_match_one_device():
   jax.tree.map(assert_close_at_scale, one["params"], eight["params"])
   jax.tree.map(assert_close_at_scale, one["batch_stats"], eight["batch_stats"])
   # The parameters did move: parity is not trivially true.
-  fresh = jax.device_get(_state_and_batches(config, Mesh(np.asarray(jax.devices()[:1]),
-                                                           (parallel.DATA_AXIS,)), 1)[1])
-  assert not np.allclose(fresh["params"]["class_head"]["kernel"],
-                         one["params"]["class_head"]["kernel"])
+  assert not np.allclose(fresh, one["params"]["class_head"]["kernel"])
 
 
 def test_transfer_loads_backbone_and_freezes(trained, tmp_path):

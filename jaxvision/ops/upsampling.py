@@ -190,8 +190,16 @@ def conv_transpose(
   ``(i * stride_h - padding_h, j * stride_w - padding_w)``; overlapping patches sum. It is
   the transpose (gradient) of the strided convolution with the same kernel, stride and
   padding; ``output_padding`` adds rows/columns at the bottom/right to pick among the
-  input sizes that convolution maps to the same size. Computed as a stride-1 convolution
-  of the stride-dilated input with the flipped kernel.
+  input sizes that convolution maps to the same size.
+
+  Computed by phases (sub-pixel convolution): along an axis with stride ``s``, the output
+  rows ``q * s + r`` of phase ``r`` are a stride-1 convolution of the undilated input with
+  the taps ``kernel[r::s]``. All ``s_h * s_w`` phases are one matrix product of the input's
+  patches (``ceil(kh / s_h) x ceil(kw / s_w)`` pixels) with the phases' taps, interleaved
+  afterwards (depth to space) and cropped to the padded output. The stride-dilated input
+  convolved with the whole kernel gives the same numbers with ``s_h * s_w`` times the
+  multiply-adds, most of them by zeros; and a matrix product, unlike a convolution, has a
+  kernel gradient that XLA:CPU computes fast (a matrix product too).
 
   Args:
     x: ``[N, H, W, C_in]``.
@@ -214,7 +222,7 @@ def conv_transpose(
   if kernel.shape[2] != x.shape[3]:
     raise ValueError(f"kernel {kernel.shape} is [kh, kw, C_in, C_out] with C_in = "
                      f"{kernel.shape[2]}, but x {x.shape} has {x.shape[3]} channels.")
-  pads = []
+  taps, pads, rows, crops = [], [], [], []
   for axis, name in enumerate(("height", "width")):
     size, k = x.shape[1 + axis], kernel.shape[axis]
     s, p, extra = stride[axis], padding[axis], output_padding[axis]
@@ -226,9 +234,34 @@ def conv_transpose(
       raise ValueError(f"conv_transpose output {name} (size - 1) * stride - 2 * padding + "
                        f"kernel + output_padding = ({size} - 1) * {s} - 2 * {p} + {k} + "
                        f"{extra} = {out_size} is not positive; reduce padding.")
-    # Negative when padding > k - 1: the convolution then crops the dilated input.
-    pads.append((k - 1 - p, k - 1 - p + extra))
+    # Row t = q * s + r of the uncropped output (output row t - p) is row q of phase r:
+    # sum_m x[q - m] * kernel[m * s + r], m < num_taps (taps past the kernel are zero).
+    num_taps = -(-k // s)
+    # The phase rows that reach the cropped output, and the padding of x whose windows of
+    # num_taps rows give exactly those (negative: it crops x).
+    first, last = p // s, (p + out_size - 1) // s
+    taps.append(num_taps)
+    pads.append((num_taps - 1 - first, last + 1 - size, 0))
+    rows.append(last + 1 - first)
+    crops.append((p - first * s, out_size))
+  (taps_h, taps_w), (rows_h, rows_w) = taps, rows
+  (stride_h, stride_w), (kh, kw) = stride, kernel.shape[:2]
+  c_in, c_out = kernel.shape[2:]
   dtype = jnp.result_type(x, kernel)
-  return jax.lax.conv_general_dilated(
-      x.astype(dtype), kernel[::-1, ::-1].astype(dtype), window_strides=(1, 1),
-      padding=pads, lhs_dilation=stride, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  # [kh, kw] -> [taps * stride] (zero taps past the kernel) -> [taps, stride] by (m, r),
+  # m reversed to match the window's row order (x[q - m] is window row taps - 1 - m).
+  phases = jnp.pad(kernel.astype(dtype),
+                   [(0, taps_h * stride_h - kh), (0, taps_w * stride_w - kw), (0, 0), (0, 0)])
+  phases = phases.reshape(taps_h, stride_h, taps_w, stride_w, c_in, c_out)[::-1, :, ::-1]
+  phases = phases.transpose(0, 2, 4, 1, 3, 5).reshape(
+      taps_h * taps_w * c_in, stride_h * stride_w * c_out)
+  padded = jax.lax.pad(x.astype(dtype), jnp.zeros((), dtype), [(0, 0, 0), *pads, (0, 0, 0)])
+  patches = jnp.concatenate([padded[:, i:i + rows_h, j:j + rows_w]
+                             for i in range(taps_h) for j in range(taps_w)], axis=-1)
+  y = patches @ phases
+  # Depth to space: phase (r_h, r_w) of row q goes to row q * stride_h + r_h.
+  batch = x.shape[0]
+  y = y.reshape(batch, rows_h, rows_w, stride_h, stride_w, c_out).transpose(0, 1, 3, 2, 4, 5)
+  y = y.reshape(batch, rows_h * stride_h, rows_w * stride_w, c_out)
+  (top, out_h), (left, out_w) = crops
+  return y[:, top:top + out_h, left:left + out_w]

@@ -1,7 +1,5 @@
 """The FasterRCNN detector: its stages composed, its settings checked, its parameter tree."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +11,22 @@ from jaxvision.models import detection, roi_heads, rpn
 TINY_MODEL = dict(num_classes=3, backbone="resnet_tiny", fpn_channels=8,
                   anchor_sizes=(8.0, 16.0, 32.0, 64.0, 128.0), rpn_post_nms_top_n_train=20,
                   rpn_post_nms_top_n_test=20, roi_samples_per_image=16, box_head_hidden=16)
+
+
+@pytest.fixture(scope="module")
+def refiner_variables():
+  """The initial variables of TINY_MODEL with ``refine_proposals``, compiled once for the
+  module. Flax draws each submodule's parameters from its own path, so without
+  ``proposal_refiner`` they are exactly TINY_MODEL's initial variables (``_without_refiner``)."""
+  model = detection.FasterRCNN(**{**TINY_MODEL, "refine_proposals": True})
+  return jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
+                                    train=False))()
+
+
+def _without_refiner(variables):
+  params = variables["params"]
+  return {**variables, "params": {
+      name: value for name, value in params.items() if name != "proposal_refiner"}}
 
 
 def test_faster_rcnn_rejects_box_voting_iou_outside_unit_interval():
@@ -75,21 +89,20 @@ def test_anchor_scales_give_every_scale_at_every_location_in_head_order():
   assert set(outputs[0]["losses"]) >= {"rpn_objectness", "rpn_box"}
 
 
-def test_rpn_box_loss_weight_scales_only_the_rpn_box_loss():
+def test_rpn_box_loss_weight_scales_only_the_rpn_box_loss(refiner_variables):
   images = jax.random.uniform(jax.random.key(1), (1, 64, 64, 3))
   truth = dict(gt_boxes=jnp.array([[[8.0, 8.0, 30.0, 28.0], [30.0, 34.0, 60.0, 60.0]]]),
                gt_labels=jnp.array([[0, 2]]), gt_valid=jnp.array([[True, True]]))
-  variables = jax.jit(lambda: detection.FasterRCNN(**TINY_MODEL).init(
-      jax.random.key(0), images, train=False))()
+  variables = _without_refiner(refiner_variables)
 
-  @functools.partial(jax.jit, static_argnums=0)
   def losses(weight):
     model = detection.FasterRCNN(**{**TINY_MODEL, "rpn_box_loss_weight": weight})
     outputs, _ = model.apply(variables, images, train=True, **truth,
                              rngs={"sampling": jax.random.key(2)}, mutable=["batch_stats"])
     return outputs["losses"]
 
-  plain, tripled = jax.device_get(losses(1.0)), jax.device_get(losses(3.0))
+  # One program for both weights: XLA shares the identical forward passes.
+  plain, tripled = jax.device_get(jax.jit(lambda: (losses(1.0), losses(3.0)))())
   assert plain["rpn_box"] > 0
   np.testing.assert_allclose(tripled["rpn_box"], 3 * plain["rpn_box"], rtol=1e-5)
   for name in ("rpn_objectness", "roi_classifier", "roi_box"):
@@ -99,7 +112,7 @@ def test_rpn_box_loss_weight_scales_only_the_rpn_box_loss():
         jax.random.key(0), images, train=False))
 
 
-def test_refined_proposals_are_the_rpn_proposals_regressed_by_the_refiner():
+def test_refined_proposals_are_the_rpn_proposals_regressed_by_the_refiner(refiner_variables):
   images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
   # The refiner pools with its own sampling ratio (1), the RoI head with 2.
   refining = detection.FasterRCNN(**{**TINY_MODEL, "refine_proposals": True,
@@ -114,21 +127,18 @@ def test_refined_proposals_are_the_rpn_proposals_regressed_by_the_refiner():
                           images.shape[1:3])
 
   @jax.jit
-  def run():
-    variables = refining.init(jax.random.key(0), images, train=False)
+  def run(variables):
     # The refiner starts near the identity (deltas ~ 0); larger deltas make it move boxes.
     params = variables["params"]
     head = params["proposal_refiner"]["box_deltas"]
     params = {**params, "proposal_refiner": {**params["proposal_refiner"], "box_deltas": {
         **head, "kernel": head["kernel"] * 3000.0}}}
     variables = {**variables, "params": params}
-    plain_variables = {**variables, "params": {
-        name: value for name, value in params.items() if name != "proposal_refiner"}}
-    unrefined = plain.apply(plain_variables, images, train=False)
+    unrefined = plain.apply(_without_refiner(variables), images, train=False)
     return (unrefined, refining.apply(variables, images, train=False),
             refining.apply(variables, unrefined["proposal_boxes"], method=regress))
 
-  unrefined, refined, want = jax.device_get(run())
+  unrefined, refined, want = jax.device_get(run(refiner_variables))
   # Scores, order and valid mask are the RPN's; only the boxes change.
   np.testing.assert_array_equal(refined["proposal_scores"], unrefined["proposal_scores"])
   np.testing.assert_array_equal(refined["proposal_valid"], unrefined["proposal_valid"])
@@ -140,16 +150,14 @@ def test_refined_proposals_are_the_rpn_proposals_regressed_by_the_refiner():
   assert np.mean(moved > 0.5) > 0.5
 
 
-def test_proposal_refiner_trains_with_its_own_losses_and_needs_the_rpn():
+def test_proposal_refiner_trains_with_its_own_losses_and_needs_the_rpn(refiner_variables):
   images = jax.random.uniform(jax.random.key(1), (1, 64, 64, 3))
   truth = dict(gt_boxes=jnp.array([[[8.0, 8.0, 30.0, 28.0], [30.0, 34.0, 60.0, 60.0]]]),
                gt_labels=jnp.array([[0, 2]]), gt_valid=jnp.array([[True, True]]))
   model = detection.FasterRCNN(**{**TINY_MODEL, "refine_proposals": True})
 
   @jax.jit
-  def run():
-    variables = model.init(jax.random.key(0), images, train=False)
-
+  def run(variables):
     def refine_loss(params):
       outputs, _ = model.apply({**variables, "params": params}, images, train=True, **truth,
                                rngs={"sampling": jax.random.key(2)}, mutable=["batch_stats"])
@@ -157,7 +165,7 @@ def test_proposal_refiner_trains_with_its_own_losses_and_needs_the_rpn():
 
     return jax.value_and_grad(refine_loss, has_aux=True)(variables["params"])
 
-  (loss, outputs), grads = run()
+  (loss, outputs), grads = run(refiner_variables)
   assert set(outputs["losses"]) == {"rpn_objectness", "rpn_box", "refine_objectness",
                                     "refine_box", "roi_classifier", "roi_box"}
   assert np.isfinite(loss) and outputs["losses"]["refine_box"] > 0

@@ -84,6 +84,8 @@ def test_box_head_loss_matches_torchvision_fastrcnn_loss():
 
 ROI_SETTINGS = dict(foreground_iou=0.5, background_iou=0.5, samples_per_image=24,
                     positive_fraction=0.25, box_weights=(10.0, 10.0, 5.0, 5.0))
+# Compiled once and shared by the tests below (their inputs have one shape).
+jit_roi_targets = jax.jit(functools.partial(roi_heads.roi_targets, **ROI_SETTINGS))
 
 
 def test_roi_targets_add_gt_boxes_as_perfect_positives():
@@ -93,8 +95,8 @@ def test_roi_targets_add_gt_boxes_as_perfect_positives():
   # Only background proposals (and two padding slots): the gt boxes are the only positives.
   proposals = jnp.array([[0.0, 44.0, 10.0, 60.0]] * 28 + [[0.0, 0.0, 1.0, 1.0]] * 2)
   proposal_valid = jnp.arange(30) < 28
-  targets = jax.jit(functools.partial(roi_heads.roi_targets, **ROI_SETTINGS))(
-      proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, jax.random.key(0))
+  targets = jit_roi_targets(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid,
+                            jax.random.key(0))
   chex.assert_shape(targets["rois"], (ROI_SETTINGS["samples_per_image"], 4))
   assert int(targets["valid"].sum()) == ROI_SETTINGS["samples_per_image"]
   foreground = np.asarray(targets["classes"] > 0)
@@ -106,25 +108,24 @@ def test_roi_targets_add_gt_boxes_as_perfect_positives():
 
 def test_roi_targets_without_gt_are_background_with_finite_loss():
   proposals = _random_boxes(np.random.default_rng(4), 30, 50)
-  targets = roi_heads.roi_targets(jnp.asarray(proposals), jnp.ones(30, bool), jnp.zeros((3, 4)),
-                                  jnp.zeros(3, jnp.int32), jnp.zeros(3, bool),
-                                  jax.random.key(1), **ROI_SETTINGS)
+  targets = jit_roi_targets(jnp.asarray(proposals), jnp.ones(30, bool), jnp.zeros((3, 4)),
+                            jnp.zeros(3, jnp.int32), jnp.zeros(3, bool), jax.random.key(1))
   assert not np.any(targets["classes"])
   assert int(targets["valid"].sum()) == ROI_SETTINGS["samples_per_image"]
   batched = jax.tree.map(lambda x: x[None], targets)
   samples = ROI_SETTINGS["samples_per_image"]
-  losses = roi_heads.box_head_loss(jnp.zeros((1, samples, 4)), jnp.ones((1, samples, 4, 4)),
-                                   batched, beta=1 / 9)
+  losses = jax.jit(functools.partial(roi_heads.box_head_loss, beta=1 / 9))(
+      jnp.zeros((1, samples, 4)), jnp.ones((1, samples, 4, 4)), batched)
   np.testing.assert_allclose(losses["roi_classifier"], np.log(4), rtol=1e-6)
   assert float(losses["roi_box"]) == 0.0
 
 
 def test_pool_rois_pools_every_image_from_its_own_levels_p2_to_p5():
   size = 512  # RoIs from 16 to 500 pixels wide, so that every level P2..P5 pools some
-  keys = jax.random.split(jax.random.key(0), 5)
-  # P6 is there as in RPN mode; RoIs are never pooled from it.
-  pyramid = {f"P{k}": jax.random.normal(key, (2, size >> k, size >> k, 3))
-             for k, key in zip(range(2, 7), keys)}
+  # P6 is there as in RPN mode; RoIs are never pooled from it. (Drawn in one compiled function.)
+  pyramid = jax.jit(lambda keys: {f"P{k}": jax.random.normal(key, (2, size >> k, size >> k, 3))
+                                  for k, key in zip(range(2, 7), keys)})(
+      jax.random.split(jax.random.key(0), 5))
   sides = np.geomspace(16, 500, 12)[None, :, None] * np.ones((2, 1, 2))
   corners = np.random.default_rng(5).uniform(size=(2, 12, 2)) * (size - sides)
   rois = jnp.asarray(np.concatenate([corners, corners + sides], -1), jnp.float32)
@@ -134,7 +135,8 @@ def test_pool_rois_pools_every_image_from_its_own_levels_p2_to_p5():
       pyramid, rois)
 
   chex.assert_shape(pooled, (2, 12, 5, 5, 3))
+  one_image = jax.jit(functools.partial(ops.multilevel_roi_align, output_size=(5, 5),
+                                        min_level=2, sampling_ratio=2))
   for image in range(2):
-    want = ops.multilevel_roi_align([pyramid[f"P{k}"][image] for k in range(2, 6)], rois[image],
-                                    (5, 5), min_level=2, sampling_ratio=2)
+    want = one_image([pyramid[f"P{k}"][image] for k in range(2, 6)], rois[image])
     np.testing.assert_allclose(pooled[image], want, rtol=1e-6, atol=1e-6)

@@ -102,6 +102,28 @@ def test_matches_torch_on_fresh_inputs():
     check_conv_transpose_case(case, **_case_arrays(fresh, "conv_transpose", name))
 
 
+def test_conv_transpose_matches_torch_on_random_geometries():
+  """Random (kernel, stride, padding, output_padding, size) per axis that torch accepts:
+  padding beyond the kernel, strides beyond the kernel (phases without taps), 1-pixel
+  inputs."""
+  pytest.importorskip("torch")
+  rng = np.random.default_rng(7)
+  checked = 0
+  while checked < 30:
+    k, s, p = rng.integers(1, 6, 2), rng.integers(1, 5, 2), rng.integers(0, 5, 2)
+    extra, size = rng.integers(0, s), rng.integers(1, 5, 2)
+    if np.any((size - 1) * s - 2 * p + k + extra < 1):
+      continue  # not positive: torch rejects it too (test_bad_arguments_raise)
+    x = rng.standard_normal((1, *size, 2)).astype(np.float32)
+    kernel = rng.standard_normal((*k, 2, 3)).astype(np.float32)
+    args = tuple(tuple(int(v) for v in pair) for pair in (s, p, extra))
+    expected = golden.torch_conv_transpose(x, kernel, *args)
+    got = _conv_transpose(x, kernel, *args)
+    chex.assert_shape(got, expected.shape)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5, err_msg=str(args))
+    checked += 1
+
+
 def test_saved_outputs_are_what_torch_computes(saved):
   """Guards the golden file itself: regenerating it with the installed torch changes nothing."""
   pytest.importorskip("torch")
