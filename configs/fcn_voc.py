@@ -9,7 +9,9 @@ boxes, classes, poses and truncated/difficult flags and the image-level labels, 
 are the detection lists (``ImageSets/Main``), not the 2913 images of ``ImageSets/Segmentation``
 with their ``SegmentationClass`` PNGs. No other TFDS dataset ships VOC's masks (SBD is not in
 TFDS). So this config reads a user-prepared ``.npz`` through the ``arrays`` source
-(``data.path``), made once from ``VOCdevkit/VOC2012`` where the tarball is:
+(``data.path``), made once from the extracted VOC tarball by ``jaxvision.data.voc``::
+
+  python -m jaxvision.data.voc --voc_root VOCdevkit/VOC2012 --output ~/voc2012_segmentation.npz
 
 * ``images``: uint8 ``[N, 512, 512, 3]``, each image letterboxed (longer side scaled to 512,
   padded bottom/right with 0), the ``train.txt`` images of ``ImageSets/Segmentation`` first
@@ -20,8 +22,7 @@ TFDS). So this config reads a user-prepared ``.npz`` through the ``arrays`` sour
 
 ``data.splits`` takes the first 1464 rows as ``train`` and the rest as ``validation``; the
 ``arrays`` source delivers the file's ``semantic`` array as the ``semantic`` feature. VOC's
-void band is already in its
-masks, so ``model.boundary_ignore_width`` is 0. Training from scratch on 1464 images gives a
+void band is already in its masks, so ``model.boundary_ignore_width`` is 0. Training from scratch on 1464 images gives a
 poor FCN: set ``init_from`` to a run whose ``resnet50`` backbone was trained on ImageNet (the
 decoder then trains from scratch, as in FCN).
 """
@@ -29,12 +30,9 @@ decoder then trains from scratch, as in FCN).
 import ml_collections
 
 from jaxvision.data import data_config
+from jaxvision.data.voc import CLASS_NAMES  # the index is the mask's palette index
 from jaxvision.optim import default_optimizer_config
 
-# PASCAL VOC's class order: the index is the mask's palette index.
-CLASS_NAMES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
-               "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
-               "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 NUM_TRAIN = 1464  # ImageSets/Segmentation/train.txt; val.txt has the next 1449.
 
 

@@ -12,6 +12,11 @@ batch), so only float reduction order changes.
 ``XLA_FLAGS`` already sets ``--xla_force_host_platform_device_count``. Set
 ``JAXVISION_CPU_DEVICES=N`` to choose the count (``1`` turns the split off). On GPU and TPU
 hosts the flag only concerns the unused CPU platform.
+
+It also raises XLA:CPU's collective timeouts (``COLLECTIVE_TIMEOUT_FLAGS``, unless
+``XLA_FLAGS`` sets them): by default a host-platform device that reaches an all-reduce more
+than 40 s after the others aborts the process ("Termination timeout for all reduce ...
+exceeded"), which happens on a laptop whose cores are busy with other work.
 """
 
 from __future__ import annotations
@@ -22,6 +27,16 @@ import sys
 ENV = "JAXVISION_CPU_DEVICES"
 FLAG = "--xla_force_host_platform_device_count"
 MAX_DEFAULT_DEVICES = 8
+# Seconds: long enough for any step on a loaded machine, short enough to end a real deadlock.
+COLLECTIVE_TIMEOUT_FLAGS = {"--xla_cpu_collective_call_terminate_timeout_seconds": 1800,
+                            "--xla_cpu_collective_timeout_seconds": 1800}
+
+
+def with_collective_timeouts(flags: str) -> str:
+  """``flags`` (an ``XLA_FLAGS`` value) plus the ``COLLECTIVE_TIMEOUT_FLAGS`` it lacks."""
+  added = [f"{flag}={seconds}" for flag, seconds in COLLECTIVE_TIMEOUT_FLAGS.items()
+           if flag not in flags]
+  return " ".join([flags, *added]).strip()
 
 
 def default_count() -> int:
@@ -35,8 +50,11 @@ def default_count() -> int:
 
 def configure() -> int | None:
   """Adds the device-count flag to ``XLA_FLAGS``; returns the count set, or None if left alone."""
-  flags = os.environ.get("XLA_FLAGS", "")
-  if FLAG in flags or "jax" in sys.modules:
+  if "jax" in sys.modules:
+    return None
+  flags = with_collective_timeouts(os.environ.get("XLA_FLAGS", ""))
+  os.environ["XLA_FLAGS"] = flags
+  if FLAG in flags:
     return None
   requested = os.environ.get(ENV)
   if requested is None:

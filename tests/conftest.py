@@ -21,7 +21,11 @@ import os
 import shutil
 import tempfile
 
+from jaxvision import cpu_devices  # imports nothing else (no jax)
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# 8 devices on 2 busy cores: a device may reach a collective long after the others.
+os.environ["XLA_FLAGS"] = cpu_devices.with_collective_timeouts(os.environ["XLA_FLAGS"])
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="jaxvision_xla_cache_")

@@ -42,3 +42,22 @@ def test_does_nothing_once_jax_is_imported(monkeypatch):
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   assert cpu_devices.configure() is None
   assert "XLA_FLAGS" not in os.environ
+
+
+def test_collective_timeouts_are_raised_unless_xla_flags_set_them(monkeypatch):
+  """A device that reaches a collective late (busy cores) must not abort the process."""
+  monkeypatch.delitem(sys.modules, "jax")  # configure() acts only before jax is imported
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2 "
+                                  "--xla_cpu_collective_timeout_seconds=7")
+  assert cpu_devices.configure() is None  # the device count was already set
+  flags = os.environ["XLA_FLAGS"].split()
+  assert "--xla_cpu_collective_timeout_seconds=7" in flags  # the user's value wins
+  assert "--xla_cpu_collective_call_terminate_timeout_seconds=1800" in flags
+  assert len(flags) == 3
+  # XLA accepts the flags (it aborts on unknown ones): a collective runs under them.
+  probe = ("import jax, jax.numpy as jnp; print(jax.pmap(lambda x: jax.lax.psum(x, 'i'), "
+           "axis_name='i')(jnp.ones(2))[0])")
+  result = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert float(result.stdout.split()[-1]) == 2.0

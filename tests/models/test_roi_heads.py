@@ -10,15 +10,9 @@ import pytest
 
 from jaxvision import ops
 from jaxvision.models import roi_heads
+from random_inputs import random_boxes
 
 IMAGE_SIZE = (96, 128)  # (height, width): not square, so a swapped axis would show
-
-
-def _random_boxes(rng: np.random.Generator, count: int, size: float, max_side: float = 48.0
-                  ) -> np.ndarray:
-  top_left = rng.uniform(-8, size, (count, 2))
-  sides = rng.uniform(1, max_side, (count, 2))
-  return np.concatenate([top_left, top_left + sides], 1).astype(np.float32)
 
 
 def test_detect_matches_torchvision_postprocess_detections():
@@ -26,7 +20,7 @@ def test_detect_matches_torchvision_postprocess_detections():
   tv_roi_heads = pytest.importorskip("torchvision.models.detection.roi_heads")
   rng = np.random.default_rng(1)
   num_rois, num_classes = 60, 4
-  rois = _random_boxes(rng, num_rois, 100)
+  rois = random_boxes(rng, num_rois, 100)
   rois[:, 2:] = np.maximum(rois[:, 2:], rois[:, :2] + 2)
   logits = rng.normal(scale=2.0, size=(num_rois, num_classes + 1)).astype(np.float32)
   deltas = rng.normal(scale=0.5, size=(num_rois, num_classes + 1, 4)).astype(np.float32)
@@ -107,7 +101,7 @@ def test_roi_targets_add_gt_boxes_as_perfect_positives():
 
 
 def test_roi_targets_without_gt_are_background_with_finite_loss():
-  proposals = _random_boxes(np.random.default_rng(4), 30, 50)
+  proposals = random_boxes(np.random.default_rng(4), 30, 50)
   targets = jit_roi_targets(jnp.asarray(proposals), jnp.ones(30, bool), jnp.zeros((3, 4)),
                             jnp.zeros(3, jnp.int32), jnp.zeros(3, bool), jax.random.key(1))
   assert not np.any(targets["classes"])

@@ -9,19 +9,13 @@ import pytest
 
 from jaxvision import ops
 from jaxvision.models import rpn
+from random_inputs import random_boxes
 
 IMAGE_SIZE = (96, 128)  # (height, width): not square, so a swapped axis would show
 
 
-def _random_boxes(rng: np.random.Generator, count: int, size: float, max_side: float = 48.0
-                  ) -> np.ndarray:
-  top_left = rng.uniform(-8, size, (count, 2))
-  sides = rng.uniform(1, max_side, (count, 2))
-  return np.concatenate([top_left, top_left + sides], 1).astype(np.float32)
-
-
 def _rpn_level_inputs(rng: np.random.Generator, counts: list[int]):
-  anchors = [_random_boxes(rng, n, 110) for n in counts]
+  anchors = [random_boxes(rng, n, 110) for n in counts]
   logits = [rng.normal(size=n).astype(np.float32) for n in counts]
   deltas = [rng.normal(scale=0.3, size=(n, 4)).astype(np.float32) for n in counts]
   return anchors, logits, deltas
