@@ -460,12 +460,17 @@ def make_views(example: Example, rng: np.random.Generator, num_views: int,
                transform: Callable[[Example, np.random.Generator], Example]) -> list[Example]:
   """``num_views`` independently augmented views of one example (e.g. SimCLR's pairs).
 
-  View i is ``transform(example, children[i])`` with ``children = rng.spawn(num_views)``,
-  independent streams, so the views do not share random numbers.
+  View i is ``transform(example, child_i)`` where ``child_i`` is a fresh generator seeded by
+  the i-th of ``num_views`` draws from ``rng``: independent streams that depend only on
+  ``rng``'s state. (Not ``rng.spawn``: its children also depend on how many times the
+  generator's seed sequence has spawned before, and grain's ``random_map`` re-seeds pooled
+  generators without resetting that count, so the views of a row would depend on which rows
+  a worker thread read before it.)
   """
   if num_views < 1:
     raise ValueError(f"make_views needs num_views >= 1; got {num_views}.")
-  return [transform(example, child) for child in rng.spawn(num_views)]
+  seeds = rng.integers(2**63, size=num_views)
+  return [transform(example, np.random.default_rng(seed)) for seed in seeds]
 
 
 def patch_grid(image: np.ndarray, rng: np.random.Generator, grid_size: int = 3, *,

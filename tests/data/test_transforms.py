@@ -464,8 +464,20 @@ def test_views_differ_and_are_reproducible():
       np.testing.assert_array_equal(view[key], same[key], err_msg=key)
   images = [view["image"] for view in views]
   assert not any(np.array_equal(images[i], images[j]) for i, j in ((0, 1), (0, 2), (1, 2)))
-  children = np.random.default_rng(0).spawn(3)
-  np.testing.assert_array_equal(views[2]["image"], _augment(example, children[2])["image"])
+  seeds = np.random.default_rng(0).integers(2**63, size=3)
+  np.testing.assert_array_equal(views[2]["image"],
+                                _augment(example, np.random.default_rng(seeds[2]))["image"])
+
+
+def test_views_depend_only_on_the_generator_state_not_on_its_spawn_history():
+  """grain re-seeds pooled generators per row but keeps their seed sequences' spawn counts."""
+  example = _example(5)
+  used = np.random.default_rng(0)
+  used.bit_generator.seed_seq.spawn(4)  # what earlier rows' spawns would have left behind
+  views = transforms.make_views(example, used, 2, _augment)
+  fresh = transforms.make_views(example, np.random.default_rng(0), 2, _augment)
+  for view, same in zip(views, fresh):
+    np.testing.assert_array_equal(view["image"], same["image"])
 
 
 @pytest.mark.parametrize("seed", range(5))
