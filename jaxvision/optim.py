@@ -4,10 +4,12 @@ Fields: ``name`` (``adamw`` | ``sgd`` | ``lars``), ``learning_rate`` (peak), ``w
 (linear from 0), ``schedule`` (``cosine`` | ``step`` | ``constant``), ``decay_boundaries``
 (fractions of ``total_steps`` where the ``step`` schedule multiplies by ``decay_factor``),
 ``weight_decay`` (not applied to biases and normalization parameters; decoupled for adamw and
-sgd), ``momentum`` (sgd, lars), ``trust_coefficient`` (lars), ``grad_clip_norm`` (0 = off),
-``backbone_lr_multiplier`` (scales the updates of ``params["backbone"]``, for fine-tuning
-after transfer) and ``freeze_regex`` (parameters whose ``/``-joined path matches get no
-update, e.g. ``^backbone/stem``).
+sgd), ``b1`` and ``b2`` (adamw's moment decay rates, default 0.9 and 0.999; the DCGAN recipe
+uses ``b1 = 0.5``; a config without them gets the defaults), ``momentum`` (sgd, lars),
+``trust_coefficient`` (lars), ``grad_clip_norm`` (0 = off), ``backbone_lr_multiplier``
+(scales the updates of ``params["backbone"]``, for fine-tuning after transfer) and
+``freeze_regex`` (parameters whose ``/``-joined path matches get no update, e.g.
+``^backbone/stem``).
 
 ``lars`` is layer-wise adaptive rate scaling (You et al. 2017) as SimCLR trains with it
 (``optax.lars``): per parameter ``u = g + weight_decay * w``, scaled by the trust ratio
@@ -30,7 +32,9 @@ import optax
 
 _OPTIMIZER_FIELDS = ("name", "learning_rate", "warmup_steps", "schedule", "decay_boundaries",
                      "decay_factor", "weight_decay", "momentum", "trust_coefficient",
-                     "grad_clip_norm", "backbone_lr_multiplier", "freeze_regex")
+                     "grad_clip_norm", "backbone_lr_multiplier", "freeze_regex", "b1", "b2")
+# Adam's moment decay rates where a config (e.g. one restored from an older checkpoint) has none.
+ADAM_BETAS = {"b1": 0.9, "b2": 0.999}
 
 
 def default_optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -39,7 +43,7 @@ def default_optimizer_config(**overrides) -> ml_collections.ConfigDict:
       name="adamw", learning_rate=1e-3, warmup_steps=0, schedule="cosine",
       decay_boundaries=(2 / 3, 8 / 9), decay_factor=0.1, weight_decay=1e-4, momentum=0.9,
       trust_coefficient=1e-3, grad_clip_norm=0.0, backbone_lr_multiplier=1.0,
-      freeze_regex=""))
+      freeze_regex="", **ADAM_BETAS))
   config.update(overrides)
   return config
 
@@ -96,7 +100,11 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
                         param_paths(tree), tree)
 
   if config.name == "adamw":
-    base = optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)
+    b1, b2 = (config.get(name, default) for name, default in ADAM_BETAS.items())
+    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+      raise ValueError(f"optimizer.b1={b1} and optimizer.b2={b2} must lie in [0, 1).")
+    base = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=config.weight_decay,
+                       mask=decay_mask)
   elif config.name == "sgd":
     base = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
                        optax.sgd(schedule, momentum=config.momentum))

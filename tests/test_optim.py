@@ -1,9 +1,11 @@
-"""Learning-rate schedules, backbone multiplier, freezing, LARS, lazy construction and config
-validation."""
+"""Learning-rate schedules, backbone multiplier, freezing, LARS, Adam's betas, lazy
+construction and config validation."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from jaxvision.optim import default_optimizer_config, learning_rate_schedule, make_optimizer
@@ -114,3 +116,28 @@ def test_lars_adapts_weights_and_gives_biases_plain_momentum():
   second, _ = tx.update(grads, state, params)
   np.testing.assert_allclose(second["head"]["bias"],
                              -learning_rate * (1 + momentum) * bias_grad, rtol=1e-6)
+
+
+def test_adam_betas_reach_optax_and_default_to_0_9_and_0_999():
+  grads = jax.tree.map(lambda x: jnp.full_like(x, 2.0), PARAMS)
+
+  def moments(config):
+    tx = make_optimizer(config, 10, PARAMS)
+    _, state = tx.update(grads, tx.init(PARAMS), PARAMS)
+    return (optax.tree_utils.tree_get(state, "mu")["head"]["kernel"],
+            optax.tree_utils.tree_get(state, "nu")["head"]["kernel"])
+
+  # After one update from zero moments: mu = (1 - b1) g, nu = (1 - b2) g^2.
+  mu, nu = moments(default_optimizer_config(name="adamw", b1=0.5, b2=0.75, weight_decay=0.0))
+  np.testing.assert_allclose(mu, 0.5 * 2.0, rtol=1e-6)
+  np.testing.assert_allclose(nu, 0.25 * 4.0, rtol=1e-6)
+  mu, nu = moments(default_optimizer_config(name="adamw", weight_decay=0.0))
+  np.testing.assert_allclose(mu, 0.1 * 2.0, rtol=1e-6)
+  np.testing.assert_allclose(nu, 0.001 * 4.0, rtol=1e-5)
+  # A config written before b1/b2 existed (e.g. restored from an older checkpoint) builds.
+  legacy = default_optimizer_config(name="adamw", weight_decay=0.0).to_dict()
+  del legacy["b1"], legacy["b2"]
+  mu, _ = moments(ml_collections.ConfigDict(legacy))
+  np.testing.assert_allclose(mu, 0.1 * 2.0, rtol=1e-6)
+  with pytest.raises(ValueError, match="b1"):
+    make_optimizer(default_optimizer_config(b1=1.0), 10)

@@ -25,6 +25,9 @@ Kinds (each documents its own settings):
 * ``likelihood``: ``task.log_likelihood(variables, batch, rng)`` (nats per example) over the
   split: ``nll_nats`` and ``bits_per_dim``.
 * ``samples``: a grid of ``task.sample(variables, rng, num_samples)`` in ``pictures/``.
+* ``frechet``: ``frechet_distance`` between ``num_samples`` images of ``task.sample`` and as
+  many held-out images of the split, in the feature space of the fixed network of another run
+  (``feature_workdir``, required); see :class:`FrechetEvaluator`.
 
 Evaluators run on every process (their jitted functions are collectives over the global
 mesh); only process 0 writes files. Each builds its jitted functions once, so evaluating
@@ -40,11 +43,12 @@ import os
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxvision import parallel, viz
-from jaxvision.evaluation import probes
+from jaxvision import checkpoint, parallel, viz
+from jaxvision.evaluation import frechet, probes
 
 COMMON_SETTINGS = {"kind": None, "split": None, "every": None, "at_start": False,
                    "network": None, "prefix": ""}
@@ -266,6 +270,125 @@ class SamplesEvaluator(StateEvaluator):
       viz.save_image_grid(list(images), os.path.join(
           self.picture_dir, f"step_{step:07d}_{self.name}.png"), columns=self.settings.columns)
     return {}
+
+
+def to_feature_images(images: jax.Array, image_shape: tuple[int, int, int]) -> jax.Array:
+  """``[N, h, w, c]`` images in [0, 255] -> float32 ``[N, H, W, C]`` (``image_shape``) for a
+  feature network: clipped to [0, 255], grey repeated to 3 channels (or RGB averaged to grey),
+  then resized bilinearly (antialiased when shrinking) to ``H x W``. Both sides of a Frechet
+  distance go through it, so it changes both alike."""
+  height, width, channels = image_shape
+  images = jnp.clip(jnp.asarray(images, jnp.float32), 0.0, 255.0)
+  if images.shape[-1] != channels:
+    if images.shape[-1] == 1 and channels == 3:
+      images = jnp.repeat(images, 3, axis=-1)
+    elif images.shape[-1] == 3 and channels == 1:
+      images = jnp.mean(images, axis=-1, keepdims=True)
+    else:
+      raise ValueError(f"Cannot turn {images.shape[-1]}-channel images into the feature "
+                       f"network's {channels} channels.")
+  if images.shape[1:3] != (height, width):
+    images = jax.image.resize(images, (images.shape[0], height, width, channels), "bilinear")
+  return images
+
+
+@register_evaluator("frechet")
+class FrechetEvaluator(StateEvaluator):
+  """``frechet_distance``: the Frechet distance (:func:`frechet.frechet_distance`) between
+  Gaussians fitted to features of generated and of held-out images.
+
+  Settings: ``feature_workdir`` (required: the workdir of a run whose network gives the
+  features, e.g. ``configs/classify_localize_shapes.py`` trained on the same shapes; its
+  latest checkpoint, via ``checkpoint.restore_for_inference``), ``feature_network`` (that
+  run's network; default its default), ``feature`` (what its task's ``representation``
+  returns: the backbone's global pool, ``pooled``, by default), ``num_samples`` (generated
+  images; also the number of held-out images read from the start of ``split``, fewer if the
+  split is smaller), ``sample_batch`` (images per ``task.sample`` call).
+
+  Samples come from ``task.sample(variables, rng, n)`` (float ``[n, H, W, C]`` in [0, 255]);
+  held-out images are the split's rows as the task reads them (binarized for binary-pixel
+  models). Both are converted to the feature network's input by :func:`to_feature_images`
+  (e.g. 28 x 28 grey -> 3 channels, resized to its ``data.image_size``) and normalized by its
+  own task. The held-out statistics are computed once per run.
+  """
+
+  DEFAULTS = {"feature_workdir": "", "feature_network": None, "feature": "pooled",
+              "num_samples": 1000, "sample_batch": 250}
+
+  def __init__(self, *args):
+    super().__init__(*args)
+    s = self.settings
+    where = f"config.evals.{self.name}"
+    if not s.feature_workdir:
+      raise ValueError(
+          f"{where}.feature_workdir is not set: the Frechet distance needs the workdir of a "
+          "trained run whose network gives the features (e.g. python -m jaxvision.train "
+          "--config configs/classify_localize_shapes.py --workdir FEATURES, then "
+          f"{where}.feature_workdir=FEATURES), or remove this evaluator.")
+    if not os.path.isdir(checkpoint.checkpoint_directory(s.feature_workdir)):
+      raise FileNotFoundError(f"{where}.feature_workdir={s.feature_workdir!r} is not a workdir "
+                              "with checkpoints; train the feature run first.")
+    if not isinstance(s.num_samples, int) or s.num_samples < 2:
+      raise ValueError(f"{where}.num_samples must be an integer >= 2, got {s.num_samples!r}.")
+    if not isinstance(s.sample_batch, int) or s.sample_batch < 1:
+      raise ValueError(f"{where}.sample_batch must be a positive integer, got "
+                       f"{s.sample_batch!r}.")
+    from jaxvision.tasks import get_task  # Deferred, as in checkpoint.py: the task registry.
+
+    config, _, variables = checkpoint.restore_for_inference(s.feature_workdir,
+                                                            network=s.feature_network)
+    # The fixed network runs on one local device of every process, on whole host arrays.
+    device = jax.local_devices()[0]
+    self._feature_variables = jax.device_put(variables, device)
+    feature_task = get_task(config, jax.sharding.Mesh(np.asarray([device]),
+                                                      (parallel.DATA_AXIS,)))
+    image_shape = feature_task.image_shape
+    channels, feature_channels = self.task.image_shape[-1], image_shape[-1]
+    if channels != feature_channels and {channels, feature_channels} != {1, 3}:
+      raise ValueError(f"{where}: the feature run's images have {feature_channels} channels, "
+                       f"this task's {channels}; use a feature run with 1 or 3.")
+    features = lambda v, images: feature_task.representation(
+        v, to_feature_images(images, image_shape), s.feature)
+    try:
+      jax.eval_shape(features, self._feature_variables,
+                     jax.ShapeDtypeStruct((1, *self.task.image_shape), jnp.float32))
+    except NotImplementedError as error:
+      raise ValueError(f"{where}.feature_workdir={s.feature_workdir!r}: {error} Use a run "
+                       "with a backbone (e.g. classify_localize).") from error
+    self._features = jax.jit(features)
+    self._sample = jax.jit(self.task.sample, static_argnums=2,
+                           in_shardings=(self.replicated, self.replicated),
+                           out_shardings=self.replicated)
+    self._held_out: tuple[np.ndarray, np.ndarray] | None = None
+
+  def features(self, images: np.ndarray) -> np.ndarray:
+    """Feature-network features ``[N, D]`` (float64) of host images ``[N, h, w, c]``."""
+    return np.asarray(jax.device_get(self._features(self._feature_variables, images)),
+                      np.float64)
+
+  def held_out_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+    if self._held_out is None:
+      features = []
+      for host_batch in self.task.eval_batches(self.settings.split, features=("image",),
+                                               num_examples=self.settings.num_samples):
+        rows = parallel.to_host(parallel.global_batch(
+            {"image": host_batch["image"], "mask": host_batch["example_mask"]},
+            self.task.mesh))
+        features.append(self.features(rows["image"])[rows["mask"]])
+      self._held_out = frechet.feature_statistics(np.concatenate(features))
+    return self._held_out
+
+  def run(self, state, step, rng):
+    variables = self.variables(state)
+    count = self.settings.num_samples
+    batch = min(self.settings.sample_batch, count)
+    features = []
+    for index in range(-(-count // batch)):
+      images = parallel.to_host(self._sample(variables, jax.random.fold_in(rng, index), batch))
+      features.append(self.features(images))
+    samples = frechet.feature_statistics(np.concatenate(features)[:count])
+    return {"frechet_distance": frechet.frechet_distance(*samples,
+                                                         *self.held_out_statistics())}
 
 
 @dataclasses.dataclass

@@ -1,0 +1,198 @@
+"""What the likelihood-based generative tasks share: quantized pixels and their log-likelihoods.
+
+Images are modelled as discrete pixels ``[B, H, W, C]`` with ``L`` levels each
+(``model.pixels``):
+
+* ``"binary"`` (L = 2): grey images binarized in the pipeline (``model.binarize``):
+  ``"threshold"`` sets a pixel when its value is > 127; ``"stochastic"`` draws it on with
+  probability ``value / 255``: a fresh draw every time a training example is read (each epoch
+  sees new binarizations), and a fixed draw per image (seeded by ``(data.seed, image_id)``)
+  for evaluation, so held-out likelihoods are always measured on the same binary images.
+  Rows hold uint8 ``{0, 255}``.
+* ``"8bit"`` (L = 256): the uint8 values as they are.
+
+Likelihoods are exact log-probabilities of the discrete pixels in nats per image
+(``log_likelihood``); ``bits_per_dim = nll_nats / (H * W * C * ln 2)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvision import data as data_lib
+from jaxvision.tasks import base
+
+PIXELS = {"binary": 2, "8bit": 256}
+BINARIZE = ("threshold", "stochastic")
+
+
+def binarize(image: np.ndarray, rng: np.random.Generator | None, mode: str,
+             seed: int, image_id: int) -> np.ndarray:
+  """uint8 grey ``image`` -> uint8 ``{0, 255}`` (see the module docstring for ``mode``).
+
+  Stochastic binarization without a generator (evaluation) draws from one seeded by
+  ``(seed, image_id)``: the same binary image every time.
+  """
+  if mode == "threshold":
+    on = image > 127
+  elif mode == "stochastic":
+    if rng is None:
+      rng = np.random.default_rng([seed, image_id & 0xFFFFFFFF])
+    on = rng.random(image.shape) < image.astype(np.float64) / 255.0
+  else:
+    raise ValueError(f"Unknown model.binarize {mode!r}; use one of {BINARIZE}.")
+  return on.astype(np.uint8) * 255
+
+
+class DiscretePixelsTask(base.SupervisedTask):
+  """A SupervisedTask on quantized pixels: preprocessing, validation, bits per dimension.
+
+  Subclasses define the model and ``log_likelihood``; the loss is the mean negative
+  log-likelihood (or a bound on it) per image, in nats.
+  """
+
+  def __init__(self, config, mesh=None):
+    super().__init__(config, mesh)
+    pixels = config.model.pixels
+    if pixels not in PIXELS:
+      raise ValueError(f"Unknown model.pixels {pixels!r}; use one of {sorted(PIXELS)}.")
+    if pixels == "binary":
+      if config.model.binarize not in BINARIZE:
+        raise ValueError(f"Unknown model.binarize {config.model.binarize!r}; use one of "
+                         f"{BINARIZE}.")
+      if config.data.channels != 1:
+        raise ValueError("Binarized images are grey: set data.channels=1 (got "
+                         f"{config.data.channels}) or model.pixels='8bit'.")
+    if config.data.flip:
+      raise ValueError("Likelihood models see the images as they are: set data.flip=False.")
+    self.num_levels = PIXELS[pixels]
+
+  @property
+  def num_dims(self) -> int:
+    """Pixel values per image, ``H * W * C``."""
+    height, width, channels = self.image_shape
+    return height * width * channels
+
+  @property
+  def num_classes(self) -> int:
+    """Classes the model is conditioned on (``model.num_classes``: 0 unconditional; -1 the
+    source's classes)."""
+    count = self.config.model.get("num_classes", 0)
+    return len(self.class_names) if count == -1 else count
+
+  # --- data ----------------------------------------------------------------------------
+  def preprocess(self, example, rng):
+    row = self._standard_preprocess(example, rng)
+    if self.num_levels == 2:
+      row["image"] = binarize(row["image"], rng, self.config.model.binarize,
+                              self.config.data.seed, int(row["image_id"]))
+    return row
+
+  def validate_batch(self, batch: Mapping[str, np.ndarray]) -> None:
+    base.validate_images(batch["image"], self.image_shape, "batch['image']")
+    images = np.asarray(batch["image"])
+    if self.num_levels == 2 and not np.all((images == 0) | (images == 255)):
+      raise ValueError("model.pixels='binary' needs images of 0 and 255 only (binarized by "
+                       "the task's preprocess); got other values.")
+    if self.num_classes and "label" not in batch:
+      raise ValueError(f"A class-conditional model (model.num_classes={self.num_classes}) needs "
+                       "the image-level 'label': add it to data.features.")
+
+  def levels(self, images: jax.Array) -> jax.Array:
+    """uint8 images -> int32 pixel levels in ``[0, num_levels)``."""
+    images = images.astype(jnp.int32)
+    return images // 255 if self.num_levels == 2 else images
+
+  def to_images(self, levels: jax.Array) -> jax.Array:
+    """Pixel levels -> uint8 images (binary 1 -> 255)."""
+    scale = 255 if self.num_levels == 2 else 1
+    return (levels * scale).astype(jnp.uint8)
+
+  def model_input(self, levels: jax.Array) -> jax.Array:
+    """Pixel levels -> float32 network input in [-1, 1]."""
+    return levels.astype(jnp.float32) * (2.0 / (self.num_levels - 1)) - 1.0
+
+  def class_labels(self, batch: Mapping[str, Any]) -> jax.Array | None:
+    """One-hot labels ``[B, num_classes]`` of a conditional model, None otherwise."""
+    if not self.num_classes:
+      return None
+    return jax.nn.one_hot(batch["label"], self.num_classes)
+
+  def sample_labels(self, num_samples: int) -> jax.Array | None:
+    """One-hot labels for samples of a conditional model: the classes in turn."""
+    if not self.num_classes:
+      return None
+    return jax.nn.one_hot(jnp.arange(num_samples) % self.num_classes, self.num_classes)
+
+  def bits_per_dim(self, nll_nats: jax.Array) -> jax.Array:
+    return nll_nats / (self.num_dims * np.log(2.0))
+
+  @functools.cached_property
+  def _predict(self):
+    return jax.jit(self.log_likelihood)
+
+  def predict(self, variables, images, labels=None) -> dict[str, jax.Array]:
+    """``log_likelihood [B]`` (nats; a bound for the VAE) of NHWC uint8 images (binarized
+    ones for binary pixels); ``labels [B]`` (class indices) for a conditional model."""
+    base.validate_images(images, self.image_shape, "predict")
+    batch = {"image": jnp.asarray(images)}
+    if self.num_classes:
+      if labels is None:
+        raise ValueError(f"This model is conditioned on {self.num_classes} classes: pass "
+                         "predict(variables, images, labels).")
+      batch["label"] = jnp.asarray(labels)
+    return {"log_likelihood": self._predict(variables, batch, jax.random.key(0))}
+
+
+def pixels_data_config(**overrides: Any):
+  """``config.data`` of a likelihood model: grey 28 x 28 shapes, unflipped, image and label.
+
+  ``overrides`` replace any field of ``jaxvision.data.data_config``.
+  """
+  defaults = dict(name="shapes", image_size=28, channels=1, mean=(0.5,), std=(0.5,),
+                  features=("image", "label"), flip=False, num_train=20000,
+                  num_validation=1000, num_test=1000)
+  return data_lib.data_config(**{**defaults, **overrides})
+
+
+def config_variant(arg: str | None, name: str,
+                   variants: tuple[str, ...] = ("quick",)) -> tuple[str, str]:
+  """A generative config's ``:arg``: ``[variant][,features=DIR]`` -> ``(variant, DIR)``.
+
+  ``features=DIR`` names the workdir of a trained run whose network gives the features of
+  the ``frechet`` evaluator (e.g. ``configs/dcgan_shapes.py:features=/tmp/cl`` or
+  ``configs/vae_shapes.py:quick,features=/tmp/cl``); ``""`` when absent. ``name`` is the
+  config's, for the error message.
+  """
+  variant, feature_workdir = "", ""
+  for part in (arg or "").split(","):
+    if part.startswith("features="):
+      feature_workdir = part[len("features="):]
+    elif part in variants and not variant:
+      variant = part
+    elif part:
+      raise ValueError(f"Unknown variant {arg!r} of {name}; use [{'|'.join(variants)}]"
+                       "[,features=DIR] (DIR: the Frechet distance's feature run).")
+  return variant, feature_workdir
+
+
+def discretized_logistic_log_prob(levels: jax.Array, mean: jax.Array, log_scale: jax.Array,
+                                  num_levels: int = 256) -> jax.Array:
+  """``log P(levels)`` under a logistic of ``mean``/``exp(log_scale)`` on [-1, 1], discretized
+  into ``num_levels`` bins (PixelCNN++); the end bins take the tails. Elementwise."""
+  x = levels.astype(jnp.float32) * (2.0 / (num_levels - 1)) - 1.0
+  inverse_scale = jnp.exp(-log_scale)
+  half_bin = 1.0 / (num_levels - 1)
+  upper = inverse_scale * (x - mean + half_bin)
+  lower = inverse_scale * (x - mean - half_bin)
+  log_cdf_upper = jax.nn.log_sigmoid(upper)  # log P(X <= upper edge): the first bin
+  log_survival_lower = -jax.nn.softplus(lower)  # log P(X > lower edge): the last bin
+  # log(sigmoid(upper) - sigmoid(lower)), stable: sigmoid(a) - sigmoid(b) = ...
+  middle = (log_cdf_upper + jnp.log(-jnp.expm1(lower - upper)) + jax.nn.log_sigmoid(-lower))
+  return jnp.where(levels == 0, log_cdf_upper,
+                   jnp.where(levels == num_levels - 1, log_survival_lower, middle))
