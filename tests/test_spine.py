@@ -42,7 +42,7 @@ def binarize(images):
 
 
 @base.register("toy_two_networks")
-class TwoNetworks(base.Task):
+class TwoNetworks(base.MultiNetworkTask):
   """Two networks, two optimizers, updated alternately; see the module docstring."""
 
   networks = ("classifier", "density")
@@ -53,16 +53,6 @@ class TwoNetworks(base.Task):
     self.modules = {"classifier": nn.Dense(2), "density": PixelLogits()}
     self.tx = {"classifier": optim.make_optimizer(config.optimizer, config.total_steps),
                "density": optim.make_optimizer(config.density_optimizer, config.total_steps)}
-
-  @property
-  def model(self):
-    return self.modules[self.default_network()]
-
-  def network_module(self, network=None):
-    return self.modules[self._check_network(network)]
-
-  def inference_variables(self, state, network=None):
-    return {"params": state[self._check_network(network)]["params"]}
 
   def init_state(self, rng, batch):
     x = binarize(jnp.asarray(batch["image"]))

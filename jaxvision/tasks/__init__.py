@@ -9,4 +9,5 @@ from jaxvision.tasks import pixelcnn
 from jaxvision.tasks import segmentation
 from jaxvision.tasks import simclr
 from jaxvision.tasks import vae
-from jaxvision.tasks.base import Evaluator, SupervisedTask, Task, get_task, register
+from jaxvision.tasks.base import (Evaluator, MultiNetworkTask, SupervisedTask, Task, get_task,
+                                  register)

@@ -262,6 +262,28 @@ class Task(abc.ABC):
     return []
 
 
+class MultiNetworkTask(Task):
+  """A task with several networks (a GAN's generator and discriminator), each with its own
+  parameters (and optimizer state) under its own key of the state.
+
+  Subclasses set ``networks`` and, in ``__init__``, ``self.modules``: ``{name: Flax module}``
+  for each of them; the state holds ``state[name]["params"]``. They write their own
+  ``init_state`` and ``train_step`` (one optax transform per network, alternating updates).
+  """
+
+  modules: dict[str, nn.Module]
+
+  @property
+  def model(self) -> nn.Module:
+    return self.modules[self.default_network()]
+
+  def network_module(self, network: str | None = None) -> nn.Module:
+    return self.modules[self._check_network(network)]
+
+  def inference_variables(self, state: State, network: str | None = None) -> Variables:
+    return {"params": state[self._check_network(network)]["params"]}
+
+
 class SupervisedTask(Task):
   """One model, one loss, one optimizer: ``state = {params, batch_stats, opt_state, step}``.
 

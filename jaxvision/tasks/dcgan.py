@@ -35,7 +35,7 @@ def non_saturating_generator_loss(fake_logits: jax.Array) -> jax.Array:
 
 
 @base.register("dcgan")
-class DCGANTask(base.Task):
+class DCGANTask(base.MultiNetworkTask):
   """DCGAN on the multi-network state; see the module docstring."""
 
   networks = ("generator", "discriminator")
@@ -52,16 +52,6 @@ class DCGANTask(base.Task):
     self.tx = {"generator": optim.make_optimizer(config.optimizer, config.total_steps),
                "discriminator": optim.make_optimizer(config.discriminator_optimizer,
                                                      config.total_steps)}
-
-  @property
-  def model(self):
-    return self.modules[self.default_network()]
-
-  def network_module(self, network=None):
-    return self.modules[self._check_network(network)]
-
-  def inference_variables(self, state, network=None):
-    return {"params": state[self._check_network(network)]["params"]}
 
   def validate_batch(self, batch: Mapping[str, np.ndarray]) -> None:
     base.validate_images(batch["image"], self.image_shape, "batch['image']")
