@@ -54,15 +54,10 @@ def median_seconds(function, calls: int) -> tuple[float, float]:
   return first, statistics.median(times)
 
 
-def train_step_seconds(config, steps: int) -> tuple[int, float]:
-  """``(parameters, median seconds per train step)`` of ``config`` on random batches."""
-  mesh = parallel.make_mesh()
-  task = get_task(config, mesh)
-  rng = np.random.default_rng(0)
-  size, batch = config.data.image_size, config.batch_size
-  batches = [{"image": rng.integers(0, 256, (batch,) + task.image_shape, dtype=np.uint8),
-              "semantic": rng.integers(0, task.num_classes, (batch, size, size),
-                                       dtype=np.int32)} for _ in range(2)]
+def time_train_step(task, config, mesh, batches, steps: int) -> tuple[int, float]:
+  """``(parameters, median seconds per step)`` of the trainer's jitted, data-parallel train
+  step of ``task`` on ``mesh``, alternating between the host ``batches``, ``steps`` steps
+  after the compiling one."""
   with jax.threefry_partitionable(False):  # compiles faster on CPU; weights do not matter
     state = trainer.init_state(task, config, batches[0])
   parameters = sum(leaf.size for leaf in jax.tree.leaves(state["params"]))
@@ -72,11 +67,23 @@ def train_step_seconds(config, steps: int) -> tuple[int, float]:
 
   def one_step():
     nonlocal state
-    state, metrics = train_step(state, global_batches[next(calls) % 2])
+    state, metrics = train_step(state, global_batches[next(calls) % len(global_batches)])
     return state, metrics
 
   _, seconds = median_seconds(one_step, steps)
   return parameters, seconds
+
+
+def train_step_seconds(config, steps: int) -> tuple[int, float]:
+  """``(parameters, median seconds per train step)`` of ``config`` on random batches."""
+  mesh = parallel.make_mesh()
+  task = get_task(config, mesh)
+  rng = np.random.default_rng(0)
+  size, batch = config.data.image_size, config.batch_size
+  batches = [{"image": rng.integers(0, 256, (batch,) + task.image_shape, dtype=np.uint8),
+              "semantic": rng.integers(0, task.num_classes, (batch, size, size),
+                                       dtype=np.int32)} for _ in range(2)]
+  return time_train_step(task, config, mesh, batches, steps)
 
 
 def main() -> None:

@@ -30,12 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxvision import parallel, trainer
+from jaxvision import parallel
 from jaxvision.models.simclr import global_nt_xent, nt_xent
 from jaxvision.tasks import get_task
 
 from detection import load_config  # benchmarks/detection.py (this script's directory)
-from segmentation import median_seconds  # benchmarks/segmentation.py
+from segmentation import median_seconds, time_train_step  # benchmarks/segmentation.py
 
 
 def train_step_seconds(config, devices, steps: int) -> float:
@@ -46,18 +46,7 @@ def train_step_seconds(config, devices, steps: int) -> float:
   size = config.data.image_size
   batches = [{"views": rng.integers(0, 256, (config.batch_size, 2, size, size, 3),
                                     dtype=np.uint8)} for _ in range(2)]
-  with jax.threefry_partitionable(False):  # compiles faster on CPU; weights do not matter
-    state = trainer.init_state(task, config, batches[0])
-  train_step = trainer.make_train_step(task, config)
-  global_batches = [parallel.global_batch(batch, mesh) for batch in batches]
-  calls = iter(range(steps + 1))
-
-  def one_step():
-    nonlocal state
-    state, metrics = train_step(state, global_batches[next(calls) % 2])
-    return state, metrics
-
-  return median_seconds(one_step, steps)[1]
+  return time_train_step(task, config, mesh, batches, steps)[1]
 
 
 def loss_seconds(config, steps: int) -> tuple[float, float]:
