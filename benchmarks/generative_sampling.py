@@ -3,6 +3,9 @@ against the naive loop (the whole image per pixel value), on one config's image 
 
   python benchmarks/generative_sampling.py [--config configs/pixelcnn_shapes.py]
                                            [--num_samples 16] [--repeats 2]
+  python benchmarks/generative_sampling.py --config configs/pixelrnn_shapes.py
+
+For the Row LSTM (``pixelrnn`` configs) the fast sampler carries the LSTM states row by row.
 
 Both samplers are jitted once (their compilation is not counted) and run on the same random
 initial parameters and rng; the script checks that their samples are identical and prints
@@ -53,9 +56,13 @@ def main() -> None:
       best = min(best, time.perf_counter() - start)
     rates[sampler] = args.num_samples / best
   identical = np.array_equal(images["naive"], images["fast"])
-  window = min(height, task.model.rows_above + 1)
-  print(f"{config.model.architecture} {height}x{width}x{channels}, {args.num_samples} images, "
-        f"fast window {window} of {height} rows")
+  if config.task == "pixelrnn":
+    fast = "fast: LSTM states carried row by row"
+  else:
+    fast = f"fast window {min(height, task.model.rows_above + 1)} of {height} rows"
+  output = config.model.get("output", "softmax")
+  print(f"{config.model.architecture} ({output}) {height}x{width}x{channels}, "
+        f"{args.num_samples} images, {fast}")
   for sampler in ("naive", "fast"):
     print(f"  {sampler:5s} {rates[sampler]:8.3f} images/s")
   print(f"  speed-up {rates['fast'] / rates['naive']:.2f}x; identical samples: {identical}")

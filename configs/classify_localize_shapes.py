@@ -37,7 +37,8 @@ def get_config(arg=None):
       box_loss="l2",  # "l2" | "smooth_l1" | "giou", on boxes normalized by the image size.
       class_loss_weight=1.0, box_loss_weight=10.0,
       regularizer="none",  # "none" | "frobenius" | "l21" | "trace" on W = [W_class | W_box].
-      regularizer_weight=1e-4))
+      regularizer_weight=1e-4,
+      dtype="float32"))  # compute dtype: "float32" | "bfloat16" (params stay float32)
 
   config.optimizer = default_optimizer_config(name="adamw", learning_rate=2e-3, warmup_steps=100,
                                               schedule="cosine", weight_decay=1e-4)

@@ -54,7 +54,8 @@ def get_config(arg=None):
       rpn_post_nms_top_n_train=2000, rpn_post_nms_top_n_test=1000,
       roi_samples_per_image=512, roi_positive_fraction=0.25,
       box_head_hidden=1024,
-      max_detections=100, detection_candidates=2000))
+      max_detections=100, detection_candidates=2000,
+      dtype="float32"))  # compute dtype: "float32" | "bfloat16" (params stay float32)
   config.data_proposals = ml_collections.ConfigDict(dict(
       num_proposals=2000, jittered_per_object=10, jitter=0.25))
 

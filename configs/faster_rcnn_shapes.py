@@ -68,7 +68,8 @@ def get_config(arg=None):
       rpn_post_nms_top_n_train=300, rpn_post_nms_top_n_test=300,
       roi_samples_per_image=128, roi_positive_fraction=0.25,
       box_head_hidden=256,
-      max_detections=100, detection_candidates=1000))
+      max_detections=100, detection_candidates=1000,
+      dtype="float32"))  # compute dtype: "float32" | "bfloat16" (params stay float32)
   # Fast R-CNN mode only: proposals made from the data (see tasks/detection.py).
   config.data_proposals = ml_collections.ConfigDict(dict(
       num_proposals=300, jittered_per_object=20, jitter=0.25))

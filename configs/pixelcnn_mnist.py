@@ -4,7 +4,8 @@
       --config.data.data_dir=/data/tensorflow_datasets
 
 Prepare the data once where TensorFlow is installed:
-``tfds build mnist --file_format=array_record --data_dir=/data/tensorflow_datasets``.
+``python -m jaxvision.data.prepare mnist --data_dir=/data/tensorflow_datasets``
+(README.md, "Real datasets").
 
 Binarization is stochastic (``p = value / 255``): training images are re-drawn every time
 they are read (dynamic binarization), held-out images are drawn once per image, seeded by
@@ -41,6 +42,8 @@ def get_config(arg=None):
   config.model = ml_collections.ConfigDict(dict(
       architecture="gated_pixelcnn", pixels="binary", binarize="stochastic", num_classes=0,
       sampler="fast",
+      output="softmax",  # "softmax" | "logistic_mixture" (8-bit pixels, PixelCNN++)
+      num_mixtures=5,  # components of the logistic mixture
       network=ml_collections.ConfigDict(dict(features=64, num_layers=12, kernel=5)),
   ))
   if "plain" in variants:

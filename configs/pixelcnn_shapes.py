@@ -45,6 +45,8 @@ def get_config(arg=None):
       binarize="threshold",  # "threshold" (> 127) | "stochastic" (p = value / 255)
       num_classes=0,  # 0: unconditional; -1: conditioned on the source's classes
       sampler="fast",  # "fast" (only the rows the next pixel depends on) | "naive"
+      output="softmax",  # "softmax" | "logistic_mixture" (8-bit pixels, PixelCNN++)
+      num_mixtures=5,  # components of the logistic mixture
       network=ml_collections.ConfigDict(dict(features=16, num_layers=6, kernel=5)),
   ))
   if "plain" in variants:

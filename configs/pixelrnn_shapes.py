@@ -3,8 +3,9 @@
 
   python -m jaxvision.train --config configs/pixelrnn_shapes.py --workdir DIR
 
-Variants (``:arg``): none (minutes on a 2-core CPU), ``quick`` (tests: a tiny model and
-dataset, a few steps).
+Variants (``:arg``, comma-separated): none (minutes on a 2-core CPU), ``diagonal`` (Diagonal
+BiLSTM layers instead of Row LSTM ones), ``quick`` (tests: a tiny model and dataset, a few
+steps).
 """
 
 import ml_collections
@@ -14,8 +15,11 @@ from jaxvision.tasks.generative import pixels_data_config
 
 
 def get_config(arg=None):
-  if arg not in (None, "", "quick"):
-    raise ValueError(f"Unknown variant {arg!r} of pixelrnn_shapes; use 'quick' or none.")
+  variants = set(arg.split(",")) if arg else set()
+  unknown = sorted(variants - {"quick", "diagonal"})
+  if unknown:
+    raise ValueError(f"Unknown variant(s) {unknown} of pixelrnn_shapes; use 'quick', "
+                     "'diagonal'.")
   config = ml_collections.ConfigDict()
   config.task = "pixelrnn"
   config.seed = 0
@@ -30,8 +34,11 @@ def get_config(arg=None):
 
   config.data = pixels_data_config()
   config.model = ml_collections.ConfigDict(dict(
-      architecture="row_lstm", pixels="binary", binarize="threshold", num_classes=0,
-      sampler="naive",  # the Row LSTM sees every row above: "fast" would be the same loop
+      architecture="row_lstm",  # "row_lstm" | "diagonal_bilstm"
+      pixels="binary", binarize="threshold", num_classes=0,
+      sampler="fast",  # "fast" (LSTM states carried row by row) | "naive"
+      output="softmax",  # "softmax" | "logistic_mixture" (8-bit pixels, PixelCNN++)
+      num_mixtures=5,  # components of the logistic mixture
       network=ml_collections.ConfigDict(dict(features=16, hidden=16, num_layers=2,
                                              first_kernel=7, kernel=3)),
   ))
@@ -42,7 +49,9 @@ def get_config(arg=None):
       "likelihood": {"kind": "likelihood"},
       "samples": {"kind": "samples", "num_samples": 16, "every": config.get_ref("total_steps")},
   })
-  if arg == "quick":
+  if "diagonal" in variants:
+    config.model.architecture = "diagonal_bilstm"
+  if "quick" in variants:
     config.total_steps = 30
     config.batch_size = 16
     config.eval_every = 30

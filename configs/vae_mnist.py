@@ -4,7 +4,8 @@
       --config.data.data_dir=/data/tensorflow_datasets
 
 Prepare the data once where TensorFlow is installed:
-``tfds build mnist --file_format=array_record --data_dir=/data/tensorflow_datasets``.
+``python -m jaxvision.data.prepare mnist --data_dir=/data/tensorflow_datasets``
+(README.md, "Real datasets").
 Binarization is stochastic, as in ``configs/pixelcnn_mnist.py`` (training images re-drawn
 on every read, test images drawn once per image). The test split's IWAE NLL (k = 500) is
 ``eval/nll_nats``; the papers' VAE/IWAE numbers are about 86-87 nats. ``:quick`` is a

@@ -130,6 +130,71 @@ def _restore_with_task(path: str, sharding: Sharding, step: int | None = None):
   return state, config, get_task(config, sharding.mesh), step
 
 
+# ``init_from`` prefixes of ImageNet weights from other libraries (ResNet state dicts).
+PRETRAINED_SOURCES = ("torchvision", "timm")
+
+
+def pretrained_source(init_from: str) -> tuple[str, str] | None:
+  """``(library, path)`` for ``"torchvision:<path>"`` or ``"timm:<path>"``; else None."""
+  library, sep, path = init_from.partition(":")
+  if sep and library in PRETRAINED_SOURCES:
+    return library, path
+  return None
+
+
+def load_pretrained(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The backbone variables (numpy) converted from ``config.init_from``'s torchvision or
+  timm ResNet state dict, after checking ``config`` against them.
+
+  The trainer calls it before anything compiles. The state dict's depth is read from its
+  blocks; the config must build that network (``model.backbone = "resnet<depth>"``, the
+  ImageNet stem, width 64, BatchNorm: ``norm`` ``batch`` or ``frozen``) on 3-channel images
+  normalized as the weights were trained: ImageNet's ``data.mean`` and ``data.std`` (on
+  [0, 1] pixels, as ``Task.normalize`` applies them). Anything else raises a ValueError
+  that says what to set.
+  """
+  from jaxvision.models import resnet  # Deferred: only transfer from torch weights needs it.
+
+  library, path = pretrained_source(config.init_from)
+  where = f"init_from={config.init_from!r}"
+  state_dict = resnet.read_state_dict(path)
+  try:
+    depth = resnet.torchvision_depth(state_dict)
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}") from None
+  model = config.get("model", ml_collections.ConfigDict())
+  if "backbone" in model:
+    kwargs = dict(model.get("backbone_kwargs", None) or {})
+    problems = []
+    if model.backbone != f"resnet{depth}":
+      problems.append(f"model.backbone={model.backbone!r} (use 'resnet{depth}')")
+    for field, allowed in (("stem", ("imagenet",)), ("width", (64,)),
+                           ("norm", ("batch", "frozen"))):
+      if field in kwargs and kwargs[field] not in allowed:
+        problems.append(f"model.backbone_kwargs.{field}={kwargs[field]!r} (use {allowed[0]!r})")
+    problems += [f"model.backbone_kwargs.{field} is set (remove it)"
+                 for field in ("stage_sizes", "block") if field in kwargs]
+    if problems:
+      raise ValueError(f"{where} holds a {library} ResNet-{depth}, which this config does not "
+                       "build: " + "; ".join(problems) + ".")
+  data = config.get("data", ml_collections.ConfigDict())
+  if data.get("channels", 3) != 3:
+    raise ValueError(f"{where} needs 3-channel (RGB) images; the config has "
+                     f"data.channels={data.channels}.")
+  mean, std = data.get("mean", None), data.get("std", None)
+  if (mean is None or std is None or not np.allclose(mean, resnet.IMAGENET_MEAN, atol=1e-3)
+      or not np.allclose(std, resnet.IMAGENET_STD, atol=1e-3)):
+    raise ValueError(
+        f"{where}: {library}'s ImageNet weights expect ImageNet's normalization, but the "
+        f"config has data.mean={mean}, data.std={std}. Set "
+        f"--config.data.mean='{resnet.IMAGENET_MEAN}' --config.data.std='{resnet.IMAGENET_STD}' "
+        "(per channel, on [0, 1] pixels).")
+  try:
+    return resnet.convert_torchvision_state_dict(state_dict, depth)
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}") from None
+
+
 def load_backbone(init_from: str, sharding: Sharding,
                   network: str | None = None) -> dict[str, Any]:
   """The ``backbone`` parameters and batch statistics of another run, for transfer.
@@ -138,7 +203,16 @@ def load_backbone(init_from: str, sharding: Sharding,
   backbone is that of the run's default network, or of ``network`` (e.g. a GAN's
   ``discriminator``), whatever the layout of its state. Returns
   ``{"params": ..., "batch_stats": ...}`` restricted to the ``backbone`` subtree.
+  ``torchvision:<path>`` and ``timm:<path>`` (see :func:`load_pretrained`, which the trainer
+  calls first to check the config) load a ResNet state dict instead.
   """
+  source = pretrained_source(init_from)
+  if source is not None:
+    from jaxvision.models import resnet  # Deferred, as in load_pretrained.
+
+    state_dict = resnet.read_state_dict(source[1])
+    return jax.device_put(resnet.convert_torchvision_state_dict(
+        state_dict, resnet.torchvision_depth(state_dict)), sharding)
   if not os.path.isdir(checkpoint_directory(init_from)):
     raise FileNotFoundError(f"init_from={init_from!r} is neither a workdir nor a checkpoint "
                             "directory.")

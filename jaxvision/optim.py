@@ -9,7 +9,18 @@ uses ``b1 = 0.5``; a config without them gets the defaults), ``momentum`` (sgd, 
 ``trust_coefficient`` (lars), ``grad_clip_norm`` (0 = off), ``backbone_lr_multiplier``
 (scales the updates of ``params["backbone"]``, for fine-tuning after transfer) and
 ``freeze_regex`` (parameters whose ``/``-joined path matches get no update, e.g.
-``^backbone/stem``).
+``^backbone/stem``), ``accumulate_steps`` (gradient accumulation, default 1; see below).
+
+Gradient accumulation (``accumulate_steps = k > 1``) keeps the global batch semantics:
+``config.batch_size`` is still the batch of one optimizer update and ``state["step"]``,
+``total_steps``, the schedules and the checkpoints still count updates. The train step
+(``SupervisedTask.train_step``) splits each global batch into ``k`` micro-batches of
+``batch_size / k`` rows and scans over them, so only one micro-batch's activations are live
+at a time; the optimizer is ``optax.MultiSteps`` around the full update rule, which averages
+the ``k`` micro-batch gradients and applies the inner update once, on the last. A model whose
+loss is a mean over independent examples gets the big batch's update, to float tolerance;
+BatchNorm normalizes over each micro-batch instead (its running statistics are updated
+once per micro-batch).
 
 ``lars`` is layer-wise adaptive rate scaling (You et al. 2017) as SimCLR trains with it
 (``optax.lars``): per parameter ``u = g + weight_decay * w``, scaled by the trust ratio
@@ -32,7 +43,8 @@ import optax
 
 _OPTIMIZER_FIELDS = ("name", "learning_rate", "warmup_steps", "schedule", "decay_boundaries",
                      "decay_factor", "weight_decay", "momentum", "trust_coefficient",
-                     "grad_clip_norm", "backbone_lr_multiplier", "freeze_regex", "b1", "b2")
+                     "grad_clip_norm", "backbone_lr_multiplier", "freeze_regex", "b1", "b2",
+                     "accumulate_steps")
 # Adam's moment decay rates where a config (e.g. one restored from an older checkpoint) has none.
 ADAM_BETAS = {"b1": 0.9, "b2": 0.999}
 
@@ -43,7 +55,7 @@ def default_optimizer_config(**overrides) -> ml_collections.ConfigDict:
       name="adamw", learning_rate=1e-3, warmup_steps=0, schedule="cosine",
       decay_boundaries=(2 / 3, 8 / 9), decay_factor=0.1, weight_decay=1e-4, momentum=0.9,
       trust_coefficient=1e-3, grad_clip_norm=0.0, backbone_lr_multiplier=1.0,
-      freeze_regex="", **ADAM_BETAS))
+      freeze_regex="", accumulate_steps=1, **ADAM_BETAS))
   config.update(overrides)
   return config
 
@@ -52,6 +64,14 @@ def param_paths(params: Any) -> Any:
   """A tree like ``params`` holding each leaf's ``/``-joined path (``backbone/stem_conv/kernel``)."""
   return jax.tree_util.tree_map_with_path(
       lambda path, _: "/".join(str(getattr(k, "key", k)) for k in path), params)
+
+
+def accumulate_steps(config: ml_collections.ConfigDict) -> int:
+  """``config.optimizer.accumulate_steps`` (1 where a config, e.g. an older one, has none)."""
+  steps = config.get("accumulate_steps", 1)
+  if not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"optimizer.accumulate_steps must be a positive integer, got {steps!r}.")
+  return steps
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -77,7 +97,8 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) 
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
                    params: Any = None) -> optax.GradientTransformation:
-  """The full update rule: clip -> optimizer -> backbone multiplier -> freezing.
+  """The full update rule: clip -> optimizer -> backbone multiplier -> freezing, inside
+  ``optax.MultiSteps`` when ``accumulate_steps > 1``.
 
   Args:
     config: ``config.optimizer`` (see the module docstring).
@@ -137,4 +158,10 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
     if params is not None:
       frozen_mask(params)
     chain.append(optax.masked(optax.set_to_zero(), frozen_mask))
-  return optax.chain(*chain)
+  tx = optax.chain(*chain)
+  steps = accumulate_steps(config)
+  if steps > 1:
+    # Clipping, the schedule's count and every other inner state see one update per k
+    # micro-batches: the mean gradient of the whole global batch.
+    tx = optax.MultiSteps(tx, every_k_schedule=steps).gradient_transformation()
+  return tx

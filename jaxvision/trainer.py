@@ -99,15 +99,20 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def transfer_backbone(task: Task, state: Any, config: ml_collections.ConfigDict) -> Any:
+def transfer_backbone(task: Task, state: Any, config: ml_collections.ConfigDict,
+                      backbone: Any = None) -> Any:
   """``state`` with its backbone from the run in ``config.init_from``.
 
   The source run's network is its default one (``inference_network``), or the one named by
-  ``config.init_from_network`` (e.g. a GAN's ``discriminator``).
+  ``config.init_from_network`` (e.g. a GAN's ``discriminator``). ``backbone``: variables
+  already loaded (``checkpoint.load_pretrained`` for ``torchvision:``/``timm:`` weights).
   """
   where = f"init_from={config.init_from!r}"
-  backbone = checkpoint_lib.load_backbone(config.init_from, parallel.replicated(task.mesh),
-                                          network=config.get("init_from_network", None))
+  if backbone is None:
+    backbone = checkpoint_lib.load_backbone(config.init_from, parallel.replicated(task.mesh),
+                                            network=config.get("init_from_network", None))
+  else:
+    backbone = jax.device_put(backbone, parallel.replicated(task.mesh))
   return task.load_backbone(state, backbone, where)
 
 
@@ -216,6 +221,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.get("keep_checkpoints", 3))
 
   start = checkpointer.latest_step() or 0
+  # torchvision:/timm: weights are read and checked against the config before any compile.
+  pretrained = None
+  if start == 0 and checkpoint_lib.pretrained_source(config.init_from or ""):
+    pretrained = checkpoint_lib.load_pretrained(config)
   batches: Iterator[dict[str, np.ndarray]] = task.train_batches(start)
   first_batch = next(batches)
   task.validate_batch(first_batch)
@@ -225,7 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if parallel.is_main_process():
       print(f"Resuming from step {start} in {checkpointer.directory}.", flush=True)
   elif config.init_from:
-    state = transfer_backbone(task, state, config)
+    state = transfer_backbone(task, state, config, pretrained)
 
   progress = tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
                   disable=not parallel.is_main_process(), dynamic_ncols=True)

@@ -34,6 +34,8 @@ from jaxvision.data import shapes
 FEATURES = ("image", "label", "boxes", "labels", "masks", "keypoints", "semantic", "area",
             "is_crowd")
 DATA_DIR_ENV = "JAXVISION_DATA_DIR"
+# TFDS's own variable, which `tfds build` writes to: a dataset prepared with it set is found.
+TFDS_DATA_DIR_ENV = "TFDS_DATA_DIR"
 
 
 def data_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -42,16 +44,22 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
   Fields:
     name: The data source (``jaxvision.data.sources``): ``"shapes"`` (embedded synthetic),
       ``"tfds:<name>"`` (a TFDS dataset prepared in array_record, e.g. ``"tfds:mnist"``,
-      ``"tfds:coco/2017"``; bare ``"coco/2017"`` also works), or ``"arrays"`` (an .npz).
+      ``"tfds:coco/2017"``; bare ``"coco/2017"`` also works), ``"arrays"`` (an .npz), or
+      ``"coco_json"`` (COCO-format json files and their images, ``jaxvision.data.coco_json``).
     image_size: Image height and width; other datasets are scaled and padded to it.
     min_objects, max_objects, num_train, num_validation, num_test, seed, num_keypoints:
       What the shapes builder generates (see ``shapes.ShapesConfig``); ignored otherwise.
-    data_dir: TFDS data dir; None -> ``$JAXVISION_DATA_DIR`` or ``~/tensorflow_datasets``.
+    data_dir: TFDS data dir; None -> ``$JAXVISION_DATA_DIR``, ``$TFDS_DATA_DIR`` or
+      ``~/tensorflow_datasets``.
     path: ``arrays``: the .npz file (``images``, optional ``labels``, ``class_names``).
     splits: ``arrays``: split name -> ``[start, end]``, image indices (ints) or fractions
       of the images (floats in [0, 1]), e.g. ``{"train": [0, 4000], "validation":
       [4000, 5000]}``. Empty by default.
     class_names: ``arrays``: class names when the file has none (default ``"class i"``).
+    annotations: ``coco_json``: split name -> the COCO-format json file of that split, e.g.
+      ``{"train": "ann/train.json", "validation": "ann/val.json"}``. Empty by default.
+    image_root: ``coco_json``: split name -> the folder that the json's ``file_name`` values are
+      relative to. Empty by default.
     max_boxes: Objects per example after padding (defaults to ``max_objects``). An example
       with more objects is an error.
     features: Which of ``FEATURES`` the pipeline delivers.
@@ -80,6 +88,8 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
       "path": config_dict.placeholder(str),
       "splits": ml_collections.ConfigDict(),
       "class_names": (),
+      "annotations": ml_collections.ConfigDict(),
+      "image_root": ml_collections.ConfigDict(),
       "max_boxes": 1,
       "features": ("image", "boxes", "labels"),
       "channels": 3,
@@ -113,9 +123,10 @@ def shapes_builder_config(data_config: ml_collections.ConfigDict) -> shapes.Shap
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
-  """``data_dir``, else ``$JAXVISION_DATA_DIR``, else ``~/tensorflow_datasets``."""
+  """``data_dir``, else ``$JAXVISION_DATA_DIR``, else ``$TFDS_DATA_DIR``, else
+  ``~/tensorflow_datasets``."""
   return os.path.expanduser(data_dir or os.environ.get(DATA_DIR_ENV)
-                            or "~/tensorflow_datasets")
+                            or os.environ.get(TFDS_DATA_DIR_ENV) or "~/tensorflow_datasets")
 
 
 def _make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> shapes.Shapes:

@@ -10,9 +10,12 @@ and maps each record to the dataset-independent example of ``jaxvision.data.data
 * ``"tfds:<name>"`` (``"tfds:mnist"``, ``"tfds:coco/2017"``, ``"tfds:mnist:3.0.1"``): a TFDS
   dataset already prepared with ``file_format="array_record"`` in ``data.data_dir``. Its
   example mapping follows the dataset's declared features, not its name. jaxvision never
-  downloads: prepare it with ``tfds build <name> --file_format=array_record`` where
-  TensorFlow is installed. Bare COCO names (``"coco/2017"``) mean ``"tfds:coco/2017"``.
+  downloads: prepare it with ``python -m jaxvision.data.prepare <name>`` (``data/prepare.py``;
+  ``tfds build <name> --file_format=array_record``) where TensorFlow is installed. Bare
+  COCO names (``"coco/2017"``) mean ``"tfds:coco/2017"``.
 * ``"arrays"``: images (and labels) in an ``.npz`` file, split by index ranges.
+* ``"coco_json"``: a user's COCO-format json files and image folders, read directly
+  (``jaxvision.data.coco_json``).
 
 New sources register a factory with :func:`register_source`.
 """
@@ -54,12 +57,15 @@ class SourceMetadata:
     features: The subset of ``datasets.FEATURES`` its examples can provide.
     keypoint_flip_permutation: ``K -> [K]`` index map of keypoints under a horizontal flip
       (left/right keypoints swap), for sources with keypoints.
+    category_ids: The dataset's own id of each class (index = label), for sources whose
+      files number classes otherwise (a COCO json's ``category_id``); None: the label.
   """
 
   class_names: tuple[str, ...]
   channels: int
   features: frozenset[str]
   keypoint_flip_permutation: Callable[[int], np.ndarray] | None = None
+  category_ids: tuple[int, ...] | None = None
 
   def __post_init__(self):
     if self.channels not in (1, 3):
@@ -68,6 +74,9 @@ class SourceMetadata:
     if unknown:
       raise ValueError(f"Source features {unknown} are not in datasets.FEATURES "
                        f"{datasets.FEATURES}; add them there with their documentation.")
+    if self.category_ids is not None and len(self.category_ids) != len(self.class_names):
+      raise ValueError(f"{len(self.category_ids)} category ids for {len(self.class_names)} "
+                       "class names; a source gives one id per class.")
 
 
 class _RecordView:
@@ -242,6 +251,11 @@ class TfdsSource(DataSource):
     ``area`` when stored, else the box area. ``is_crowd`` when the objects store it.
   * ``image_id``: the ``image/id`` feature when stored, else the record's position in its
     split plus the sizes of the splits before it (in sorted order), unique across splits.
+
+  So ``coco/2017`` gives boxes, labels, its stored (mask) area, is_crowd and COCO's image
+  ids; ``voc/2012`` boxes and labels (its difficult/truncated flags and poses are not read);
+  ``mnist`` and ``cifar10`` the image and its label. A record whose image does not decode
+  to the declared channels, or whose object fields differ in length, is an error naming it.
   """
 
   def __init__(self, data_config: ml_collections.ConfigDict):
@@ -311,6 +325,7 @@ class TfdsSource(DataSource):
         "image": image,
         "image_id": np.int32(record["image/id"] if self._has_image_id else record[_POSITION]),
     }
+    self._check_image(image, int(example["image_id"]))
     if self._has_label:
       example["label"] = np.int32(record["label"])
     if self._has_objects:
@@ -325,7 +340,27 @@ class TfdsSource(DataSource):
         example["area"] = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
       if "is_crowd" in self._object_keys:
         example["is_crowd"] = np.asarray(objects["is_crowd"], dtype=bool).reshape(-1)
+      self._check_objects(example)
     return example
+
+  def _check_image(self, image: np.ndarray, image_id: Any) -> None:
+    """TFDS decodes grey images to the declared channels; others (CMYK JPEGs decoded by
+    PIL, RGBA PNGs) would reach the model with the wrong channel count."""
+    if image.ndim != 3 or image.shape[-1] != self.metadata.channels:
+      raise ValueError(
+          f"TFDS dataset {self.name!r}: image {image_id} decodes to shape {image.shape}, not "
+          f"[H, W, {self.metadata.channels}] as its 'image' feature declares; re-encode that "
+          "image as RGB (or grey) and rebuild the dataset.")
+
+  def _check_objects(self, example: Example) -> None:
+    """The per-object features of one record must agree on the number of objects."""
+    counts = {name: len(example[name]) for name in ("boxes", "labels", "area", "is_crowd")
+              if name in example}
+    if len(set(counts.values())) > 1:
+      raise ValueError(
+          f"TFDS dataset {self.name!r}: image {int(example['image_id'])} has per-object "
+          f"features of different lengths {counts} (from its 'objects' sequence); every "
+          "object needs a bbox, a label and each other stored field.")
 
 
 def _feature(features: tfds.features.FeaturesDict, key: str
@@ -346,10 +381,12 @@ def _prepared_tfds_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder
   except tfds.core.DatasetNotFoundError as error:
     raise ValueError(
         f"TFDS dataset {name!r} is not prepared in {data_dir} (data.data_dir, else "
-        f"${datasets.DATA_DIR_ENV}, else ~/tensorflow_datasets). jaxvision never downloads "
-        f"datasets: on a machine with TensorFlow (pip install tensorflow tensorflow-datasets) "
-        f"run\n"
-        f"  {build_command}\nthen point data.data_dir at that directory.") from error
+        f"${datasets.DATA_DIR_ENV}, else ${datasets.TFDS_DATA_DIR_ENV}, else "
+        f"~/tensorflow_datasets). jaxvision never downloads datasets: where TensorFlow can "
+        f"be installed (pip install 'jaxvision[prepare]') run\n"
+        f"  python -m jaxvision.data.prepare {name} --data_dir={data_dir}\n"
+        f"or equivalently (with apache-beam installed too)\n  {build_command}\n"
+        f"then point data.data_dir at that directory (README.md, 'Real datasets').") from error
   if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
     raise ValueError(
         f"TFDS dataset {name!r} in {builder.data_dir} is stored as "

@@ -23,6 +23,9 @@ Example = dict[str, np.ndarray]
 
 # Features with one row per object; padded to ``max_boxes`` and masked by ``box_valid``.
 OBJECT_FEATURES = ("boxes", "labels", "masks", "keypoints", "area", "is_crowd")
+# Box arrays [..., 4] that move with the image: the objects' and, when a task computed them
+# on the unresized image (``jaxvision.data.proposals``), region ``proposals`` (unpadded).
+BOX_FEATURES = ("boxes", "proposals")
 
 # Pillow's fixed-point ITU-R 601-2 luma weights (sum 2**16): ``floor(rgb @ w + 0.5)`` is
 # exactly ``Image.convert("L")``, and the unrounded value is the grey level colour jitter
@@ -101,6 +104,14 @@ def validate_boxes(batch: Mapping[str, np.ndarray]) -> None:
       "dataset's format (COCO xywh, TFDS normalized yxyx) at the data edge.")
 
 
+def letterbox_size(height: int, width: int, image_size: int) -> tuple[int, int]:
+  """``(new_height, new_width)`` of a ``height`` x ``width`` image in :func:`resize_and_pad`:
+  its pixels' scale is ``new_width / width`` along x and ``new_height / height`` along y
+  (what maps the model's boxes back to the original image)."""
+  scale = image_size / max(height, width)
+  return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def resize_and_pad(example: Example, image_size: int, ignore_label: int = 255) -> Example:
   """Scales the longer image side to ``image_size`` and pads bottom/right to a square.
 
@@ -112,8 +123,7 @@ def resize_and_pad(example: Example, image_size: int, ignore_label: int = 255) -
   height, width = example["image"].shape[:2]
   if height == width == image_size:
     return example
-  scale = image_size / max(height, width)
-  new_width, new_height = max(1, round(width * scale)), max(1, round(height * scale))
+  new_height, new_width = letterbox_size(height, width, image_size)
   x_scale, y_scale = new_width / width, new_height / height
 
   def padded(array: np.ndarray, resample: Image.Resampling, fill: int = 0) -> np.ndarray:
@@ -124,9 +134,10 @@ def resize_and_pad(example: Example, image_size: int, ignore_label: int = 255) -
 
   example = dict(example)
   example["image"] = padded(example["image"], Image.BILINEAR)
-  if "boxes" in example:
-    example["boxes"] = example["boxes"] * np.array([x_scale, y_scale, x_scale, y_scale],
-                                                   dtype=np.float32)
+  for name in BOX_FEATURES:  # object boxes, and region proposals made before resizing
+    if name in example:
+      example[name] = example[name] * np.array([x_scale, y_scale, x_scale, y_scale],
+                                               dtype=np.float32)
   if "area" in example:
     example["area"] = example["area"] * np.float32(x_scale * y_scale)
   if "keypoints" in example:
@@ -152,9 +163,10 @@ def flip_horizontal(example: Example, keypoint_permutation: np.ndarray | None = 
   width = example["image"].shape[1]
   example = dict(example)
   example["image"] = example["image"][:, ::-1]
-  if "boxes" in example:
-    x1, y1, x2, y2 = np.moveaxis(example["boxes"], -1, 0)
-    example["boxes"] = np.stack([width - x2, y1, width - x1, y2], axis=-1)
+  for name in BOX_FEATURES:
+    if name in example:
+      x1, y1, x2, y2 = np.moveaxis(example[name], -1, 0)
+      example[name] = np.stack([width - x2, y1, width - x1, y2], axis=-1)
   if "keypoints" in example:
     keypoints = example["keypoints"].copy()
     labeled = keypoints[..., 2] > 0

@@ -51,7 +51,7 @@ thresholds, area ranges and categories (see ``_accumulate``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -847,3 +847,62 @@ class CocoEvaluator(Evaluator):
 def _xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
   return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+
+
+class ReferenceCocoEvaluator(Evaluator):
+  """Streaming COCO evaluation against a dataset's own ground truth (e.g. its COCO json).
+
+  Unlike :class:`CocoEvaluator`, which rebuilds the ground truth from the batches' boxes in
+  the model's input pixels, the ground truth here is the dataset's, in its image ids,
+  category ids and original image coordinates; the detections are put into the same terms
+  by ``to_results``. The evaluated images are the batches' real rows (``example_mask``).
+  """
+
+  def __init__(self, ground_truth: Callable[[Sequence[int]], Mapping[str, Any]],
+               to_results: Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]],
+                                    list[dict[str, Any]]],
+               iou_type: str = "bbox", keypoint_sigmas: np.ndarray | None = None):
+    """
+    Args:
+      ground_truth: the batches' image ids -> the COCO ground-truth dict of those
+        images (``evaluate``'s ``ground_truth``).
+      to_results: ``(outputs, batch) -> COCO result dicts`` of the batch's real rows.
+      iou_type: ``"bbox"``, ``"segm"`` or ``"keypoints"``.
+      keypoint_sigmas: per-keypoint OKS sigmas (default: the 17 COCO person sigmas).
+    """
+    if iou_type not in IOU_TYPES:
+      raise ValueError(f"Unknown iou_type {iou_type!r}; use one of {IOU_TYPES}.")
+    self.iou_type = iou_type
+    self.keypoint_sigmas = keypoint_sigmas
+    self._ground_truth = ground_truth
+    self._to_results = to_results
+    self._image_ids: list[int] = []  # in the order added
+    self._added: set[int] = set()
+    self._detections: list[dict[str, Any]] = []
+
+  def add(self, outputs: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> None:
+    outputs = {k: np.asarray(v) for k, v in outputs.items()}
+    batch = {k: np.asarray(v) for k, v in batch.items()}
+    image_ids = batch["image_id"][batch["example_mask"].astype(bool)].tolist()
+    if len(set(image_ids) | self._added) != len(image_ids) + len(self._added):
+      repeated = sorted({i for i in image_ids if i in self._added or image_ids.count(i) > 1})
+      raise ValueError(f"Image ids {repeated} were added twice; mark padding rows with "
+                       "example_mask = False.")
+    self._image_ids.extend(image_ids)
+    self._added.update(image_ids)
+    self._detections.extend(self._to_results(outputs, batch))
+
+  def ground_truth_dict(self) -> dict[str, Any]:
+    """The dataset's ground truth of the images added so far."""
+    return dict(self._ground_truth(self._image_ids))
+
+  def detection_dicts(self) -> list[dict[str, Any]]:
+    """The COCO results added so far, in the ground truth's terms."""
+    return list(self._detections)
+
+  def detailed_result(self) -> CocoResult:
+    return evaluate_detailed(self.ground_truth_dict(), self.detection_dicts(), self.iou_type,
+                             self.keypoint_sigmas)
+
+  def result(self) -> dict[str, float]:
+    return self.detailed_result().stats

@@ -13,6 +13,7 @@ head matrix ``W = [W_class | W_box]``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import chex
@@ -43,7 +44,9 @@ class ClassifyLocalize(nn.Module):
   """Backbone -> locator + RoI features -> {class logits ``[B, C]``, boxes ``[B, 4]``}.
 
   Outputs ``logits``, ``boxes`` (normalized, final) and ``coarse_boxes`` (normalized, the
-  locator's; trained with the same box loss).
+  locator's; trained with the same box loss). ``dtype`` is the compute dtype
+  (``jnp.bfloat16``: mixed precision); parameters and BatchNorm statistics stay float32 and
+  the outputs are float32 (losses, RoI coordinates) whatever it is.
   """
   num_classes: int
   backbone: str = "resnet_small"
@@ -51,27 +54,32 @@ class ClassifyLocalize(nn.Module):
   neck_channels: int = 32
   hidden: int = 256
   roi_feature: str = "C3"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
     chex.assert_rank(images, 4)
     if self.roi_feature not in ("C2", "C3", "C4", "C5"):
       raise ValueError(f"Unknown roi_feature {self.roi_feature!r}; use 'C2', 'C3', 'C4' or 'C5'.")
-    backbone = build_backbone(self.backbone, name="backbone", **(self.backbone_kwargs or {}))
+    backbone = build_backbone(self.backbone, name="backbone", dtype=self.dtype,
+                              **(self.backbone_kwargs or {}))
     features = backbone(images, train)
-    x = nn.relu(nn.Conv(self.neck_channels, (1, 1), name="neck_reduce")(features["C5"]))
-    x = nn.relu(nn.Dense(self.hidden, name="neck_fc")(x.reshape(x.shape[0], -1)))
-    coarse = nn.Dense(4, name="locator", kernel_init=nn.initializers.zeros,
-                      bias_init=_centred_box_init)(x)
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    x = nn.relu(nn.Conv(self.neck_channels, (1, 1), dtype=self.dtype,
+                        name="neck_reduce")(features["C5"]))
+    x = nn.relu(dense(self.hidden, name="neck_fc")(x.reshape(x.shape[0], -1)))
+    coarse = dense(4, name="locator", kernel_init=nn.initializers.zeros,
+                   bias_init=_centred_box_init)(x).astype(jnp.float32)
     # The RoI only says where to look; its gradient comes from the locator's own loss.
     rois = jax.lax.stop_gradient(normalized_to_pixels(coarse, images.shape[1]))
     pooled = jax.vmap(lambda f, box: ops.roi_align(
         f, box[None], ROI_SIZE, spatial_scale=1.0 / backbone.strides[self.roi_feature],
         sampling_ratio=2, aligned=True)[0])(features[self.roi_feature], rois)
-    roi = nn.relu(nn.Dense(self.hidden, name="roi_fc")(pooled.reshape(pooled.shape[0], -1)))
+    roi = nn.relu(dense(self.hidden, name="roi_fc")(pooled.reshape(pooled.shape[0], -1)))
     shared = jnp.concatenate([x, roi], axis=-1)
-    logits = nn.Dense(self.num_classes, name="class_head")(shared)
-    boxes = coarse + nn.Dense(4, name="box_head", kernel_init=nn.initializers.zeros)(shared)
+    logits = dense(self.num_classes, name="class_head")(shared).astype(jnp.float32)
+    boxes = coarse + dense(4, name="box_head", kernel_init=nn.initializers.zeros)(
+        shared).astype(jnp.float32)
     return {"logits": logits, "boxes": boxes, "coarse_boxes": coarse}
 
 

@@ -89,6 +89,9 @@ class FasterRCNN(nn.Module):
       all sampled anchors, the box loss of an image with few objects is small next to the
       other three; a larger weight trains tighter proposals.
     score_threshold, nms_threshold, max_detections, detection_candidates: inference.
+    dtype: compute dtype of the backbone, FPN, RPN head and RoI heads (``jnp.bfloat16``:
+      mixed precision). Parameters, BatchNorm statistics, the heads' outputs and everything
+      after them (anchors, proposals, RoIAlign coordinates, losses, detections) stay float32.
   """
   num_classes: int
   backbone: str = "resnet50"
@@ -128,6 +131,7 @@ class FasterRCNN(nn.Module):
   nms_threshold: float = 0.5
   max_detections: int = 100
   detection_candidates: int = 1000
+  dtype: Any = jnp.float32
 
   def setup(self):
     if self.proposal_source not in PROPOSAL_SOURCES:
@@ -142,18 +146,19 @@ class FasterRCNN(nn.Module):
     if not 0.0 <= self.rpn_box_voting_iou <= 1.0:
       raise ValueError(f"rpn_box_voting_iou must be in [0, 1] (0: no voting), got "
                        f"{self.rpn_box_voting_iou}.")
-    self.backbone_module = build_backbone(self.backbone, name="backbone",
+    self.backbone_module = build_backbone(self.backbone, name="backbone", dtype=self.dtype,
                                           **(self.backbone_kwargs or {}))
-    self.fpn = FPN(self.fpn_channels, extra_max_pool_level=self.proposal_source == "rpn")
+    self.fpn = FPN(self.fpn_channels, extra_max_pool_level=self.proposal_source == "rpn",
+                   dtype=self.dtype)
     if self.proposal_source == "rpn":
       self.rpn_head = RPNHead(len(self.anchor_scales) * len(self.aspect_ratios),
-                              self.rpn_head_convs)
+                              self.rpn_head_convs, dtype=self.dtype)
     if self.refine_proposals:
       if self.proposal_source != "rpn":
         raise ValueError("refine_proposals=True refines the RPN's proposals; it needs "
                          "proposal_source='rpn'.")
-      self.proposal_refiner = RoIBoxHead(1, self.box_head_hidden)
-    self.box_head = RoIBoxHead(self.num_classes, self.box_head_hidden)
+      self.proposal_refiner = RoIBoxHead(1, self.box_head_hidden, dtype=self.dtype)
+    self.box_head = RoIBoxHead(self.num_classes, self.box_head_hidden, dtype=self.dtype)
 
   def __call__(self, images: jax.Array, *, train: bool, gt_boxes: jax.Array | None = None,
                gt_labels: jax.Array | None = None, gt_valid: jax.Array | None = None,

@@ -9,7 +9,7 @@ used by the RPN only, as in the paper.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import chex
 import flax.linen as nn
@@ -36,10 +36,12 @@ class FPN(nn.Module):
     channels: channels of every output level (256 in the paper).
     levels: backbone feature names, finest first; output names replace ``C`` by ``P``.
     extra_max_pool_level: add ``P{last+1}`` = ``P{last}`` subsampled by 2 (1x1 max-pool).
+    dtype: compute dtype (parameters stay float32).
   """
   channels: int = 256
   levels: Sequence[str] = ("C2", "C3", "C4", "C5")
   extra_max_pool_level: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, features: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
@@ -59,7 +61,7 @@ class FPN(nn.Module):
       chex.assert_rank(features[name], 4)
     out_names = ["P" + name[1:] for name in self.levels]
     laterals = [
-        nn.Conv(self.channels, (1, 1), name=f"lateral_{out}")(features[name])
+        nn.Conv(self.channels, (1, 1), dtype=self.dtype, name=f"lateral_{out}")(features[name])
         for name, out in zip(self.levels, out_names)
     ]
     # Top-down: start at the coarsest level, add each upsampled map to the next finer one.
@@ -68,7 +70,7 @@ class FPN(nn.Module):
       merged.append(lateral + upsample_nearest(merged[-1], lateral.shape[1:3]))
     merged.reverse()
     outputs = {
-        out: nn.Conv(self.channels, (3, 3), padding=1, name=f"output_{out}")(x)
+        out: nn.Conv(self.channels, (3, 3), padding=1, dtype=self.dtype, name=f"output_{out}")(x)
         for out, x in zip(out_names, merged)
     }
     if self.extra_max_pool_level:

@@ -7,8 +7,21 @@ from typing import Sequence
 import chex
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jaxvision import ops
+
+# ``config.model.dtype`` -> the dtype a model computes in. Parameters, optimizer state,
+# BatchNorm statistics and losses stay float32 whatever it is (mixed precision).
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  """The compute dtype named by ``config.model.dtype`` (``"float32"`` or ``"bfloat16"``)."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"Unknown model.dtype {name!r}; use one of {sorted(COMPUTE_DTYPES)} "
+                     "(parameters always stay float32).")
+  return COMPUTE_DTYPES[name]
 
 
 class ConvTranspose(nn.Module):

@@ -15,3 +15,33 @@ def smooth_l1(predicted: jax.Array, target: jax.Array, beta: float) -> jax.Array
   if beta == 0:
     return jnp.abs(predicted - target)
   return optax.huber_loss(predicted, target, delta=beta) / beta
+
+
+def sigmoid_focal_loss(logits: jax.Array, labels: jax.Array, alpha: float | None = 0.25,
+                       gamma: float = 2.0) -> jax.Array:
+  """Elementwise sigmoid focal loss (Lin et al., 2017): ``-alpha_t (1 - p_t)^gamma log(p_t)``.
+
+  ``p_t = p`` where the label is 1 and ``1 - p`` where it is 0 (``p = sigmoid(logits)``);
+  ``alpha_t = alpha`` / ``1 - alpha`` likewise. The cross-entropy term is optax's stable
+  ``sigmoid_binary_cross_entropy``, and ``1 - p_t`` is taken as ``sigmoid(-logit)`` /
+  ``sigmoid(logit)`` rather than ``1 - sigmoid(.)``, so that a confident prediction's
+  weight does not round to 0 before its loss does. Soft labels in ``[0, 1]`` interpolate
+  both. Equal to ``optax.sigmoid_focal_loss`` (tests/models/test_losses.py).
+
+  Args:
+    logits: ``[...]`` float logits.
+    labels: ``[...]`` targets in ``[0, 1]``, broadcastable to ``logits``.
+    alpha: weight of the positives (0.25 in RetinaNet), ``1 - alpha`` of the negatives;
+      ``None`` weighs both by 1.
+    gamma: focusing exponent (2 in RetinaNet; 0 gives the cross-entropy).
+
+  Returns:
+    The loss, shaped like ``logits`` (sum it and divide by the positives' count).
+  """
+  labels = jnp.asarray(labels, logits.dtype)
+  cross_entropy = optax.sigmoid_binary_cross_entropy(logits, labels)
+  one_minus_p_t = labels * jax.nn.sigmoid(-logits) + (1 - labels) * jax.nn.sigmoid(logits)
+  loss = cross_entropy * one_minus_p_t ** gamma
+  if alpha is None:
+    return loss
+  return (alpha * labels + (1 - alpha) * (1 - labels)) * loss

@@ -18,8 +18,10 @@ horizontal stack sees the pixels to the left in the current row (1 x k kernels),
 vertical stack feeds the horizontal one. Layers are gated, ``tanh(a) * sigmoid(b)``, and
 optionally conditioned on a class (one-hot, a learned bias per layer).
 
-Both output logits ``[B, H, W, C, num_levels]``. ``rows_above`` is how many rows above a
-pixel its output can depend on (the fast sampler recomputes only those rows).
+Both output logits ``[B, H, W, C, num_levels]`` (``output="softmax"``) or the parameters
+of a discretized logistic mixture per pixel ``[B, H, W, P]`` (``"logistic_mixture"``,
+PixelCNN++: the masks then group by pixel, not by channel). ``rows_above`` is how many rows
+above a pixel its output can depend on (the fast sampler recomputes only those rows).
 """
 
 from __future__ import annotations
@@ -114,13 +116,40 @@ class MaskedConv(nn.Module):
     return y + bias
 
 
-def output_head(h: jax.Array, channels: int, num_levels: int, hidden: int) -> jax.Array:
-  """ReLU, 1 x 1 type-B layers -> logits ``[B, H, W, channels, num_levels]``.
+OUTPUTS = ("softmax", "logistic_mixture")
+
+
+def mixture_num_params(channels: int, num_mixtures: int) -> int:
+  """Parameters per pixel of a ``num_mixtures``-component discretized logistic mixture over
+  ``channels`` channels: per component a logit, a mean and a log-scale per channel, and one
+  coefficient per pair of channels ``j < c`` (channel ``c``'s mean moves linearly with
+  channel ``j``'s value); see ``jaxvision.tasks.generative``."""
+  return num_mixtures * (1 + 2 * channels + channels * (channels - 1) // 2)
+
+
+def mask_groups(channels: int, output: str) -> int:
+  """Channel groups of the masks: one per channel for the softmax (channel ``c`` of a pixel
+  is predicted from channels ``< c``), one for the logistic mixture (every channel's
+  parameters come from the pixels before; the mixture itself chains the channels)."""
+  if output not in OUTPUTS:
+    raise ValueError(f"Unknown output {output!r}; use one of {OUTPUTS}.")
+  return channels if output == "softmax" else 1
+
+
+def output_head(h: jax.Array, channels: int, num_levels: int, hidden: int,
+                output: str = "softmax", num_mixtures: int = 0) -> jax.Array:
+  """ReLU, 1 x 1 type-B layers -> logits ``[B, H, W, channels, num_levels]`` (``output``
+  ``"softmax"``) or the mixture's parameters ``[B, H, W, P]`` (``"logistic_mixture"``, P from
+  :func:`mixture_num_params`).
 
   Must be called inside a compact module (its layers are that module's).
   """
+  groups = mask_groups(channels, output)
   h = nn.relu(h)
-  h = nn.relu(MaskedConv(hidden, (1, 1), "B", channels=channels, name="head_hidden")(h))
+  h = nn.relu(MaskedConv(hidden, (1, 1), "B", channels=groups, name="head_hidden")(h))
+  if output == "logistic_mixture":
+    return MaskedConv(mixture_num_params(channels, num_mixtures), (1, 1), "B", channels=1,
+                      name="head_mixture")(h)
   # Output k belongs to channel k // num_levels: out_chunks=1 with C * L features.
   logits = MaskedConv(channels * num_levels, (1, 1), "B", channels=channels, name="head_logits")(h)
   return logits.reshape(*h.shape[:3], channels, num_levels)
@@ -137,6 +166,9 @@ class PixelCNN(nn.Module):
     first_kernel: Kernel size of the type-A layer.
     kernel: Kernel size of the type-B layers.
     num_classes: Classes it can be conditioned on (0: unconditional).
+    output: ``"softmax"`` (logits per channel) or ``"logistic_mixture"`` (PixelCNN++'s
+      parameters per pixel, masks by pixel rather than by channel).
+    num_mixtures: The mixture's components.
   """
 
   channels: int = 1
@@ -146,6 +178,8 @@ class PixelCNN(nn.Module):
   first_kernel: int = 7
   kernel: int = 3
   num_classes: int = 0
+  output: str = "softmax"
+  num_mixtures: int = 5
 
   @property
   def rows_above(self) -> int:
@@ -154,7 +188,7 @@ class PixelCNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None = None) -> jax.Array:
     chex.assert_rank(x, 4)
-    c = self.channels
+    c = mask_groups(self.channels, self.output)
     h = MaskedConv(self.features, (self.first_kernel,) * 2, "A", channels=c, name="input")(x)
     for i in range(self.num_layers):
       y = nn.relu(h)
@@ -162,7 +196,8 @@ class PixelCNN(nn.Module):
       if labels is not None:
         y = y + nn.Dense(self.features, name=f"condition{i}")(labels)[:, None, None]
       h = h + y
-    return output_head(h, c, self.num_levels, self.features)
+    return output_head(h, self.channels, self.num_levels, self.features, self.output,
+                       self.num_mixtures)
 
 
 def gate(x: jax.Array) -> jax.Array:
@@ -212,6 +247,8 @@ class GatedPixelCNN(nn.Module):
   num_layers: int = 5
   kernel: int = 3
   num_classes: int = 0
+  output: str = "softmax"
+  num_mixtures: int = 5
 
   @property
   def rows_above(self) -> int:
@@ -221,10 +258,12 @@ class GatedPixelCNN(nn.Module):
   def __call__(self, x: jax.Array, labels: jax.Array | None = None) -> jax.Array:
     chex.assert_rank(x, 4)
     v, h = x, x
+    groups = mask_groups(self.channels, self.output)
     for i in range(self.num_layers):
-      v, h = GatedLayer(self.features, self.kernel, "A" if i == 0 else "B", self.channels,
+      v, h = GatedLayer(self.features, self.kernel, "A" if i == 0 else "B", groups,
                         name=f"layer{i}")(v, h, labels)
-    return output_head(h, self.channels, self.num_levels, self.features)
+    return output_head(h, self.channels, self.num_levels, self.features, self.output,
+                       self.num_mixtures)
 
 
 
@@ -238,6 +277,8 @@ class IndependentPixels(nn.Module):
   channels: int = 1
   num_levels: int = 2
   num_classes: int = 0
+  output: str = "softmax"
+  num_mixtures: int = 5
 
   @property
   def rows_above(self) -> float:
@@ -249,6 +290,8 @@ class IndependentPixels(nn.Module):
   def __call__(self, x: jax.Array, labels: jax.Array | None = None) -> jax.Array:
     del labels
     chex.assert_rank(x, 4)
-    logits = self.param("logits", nn.initializers.zeros,
-                        (*x.shape[1:3], self.channels, self.num_levels))
+    mask_groups(self.channels, self.output)  # validates the output
+    shape = ((self.channels, self.num_levels) if self.output == "softmax"
+             else (mixture_num_params(self.channels, self.num_mixtures),))
+    logits = self.param("logits", nn.initializers.zeros, (*x.shape[1:3], *shape))
     return jnp.broadcast_to(logits, (x.shape[0], *logits.shape))

@@ -23,7 +23,8 @@ are written for one image and ``jax.vmap``-ed over the batch by the detector.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import functools
+from typing import Any, Mapping, Sequence
 
 import chex
 import flax.linen as nn
@@ -124,23 +125,27 @@ class RoIBoxHead(nn.Module):
   Attributes:
     num_classes: object classes (without background).
     hidden: width of the two FC layers (1024 for COCO).
+    dtype: compute dtype; the outputs are float32 whatever it is (losses, decoding).
   """
   num_classes: int
   hidden: int = 1024
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, roi_features: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``[N, R, S, S, C]`` pooled features -> logits ``[N, R, C+1]``, deltas ``[N, R, C+1, 4]``."""
     chex.assert_rank(roi_features, 5)
     x = roi_features.reshape(roi_features.shape[:2] + (-1,))
-    x = nn.relu(nn.Dense(self.hidden, name="fc1")(x))
-    x = nn.relu(nn.Dense(self.hidden, name="fc2")(x))
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    x = nn.relu(dense(self.hidden, name="fc1")(x))
+    x = nn.relu(dense(self.hidden, name="fc2")(x))
     # Detectron2's initialization of the predictors: small logits and deltas at the start.
-    logits = nn.Dense(self.num_classes + 1, kernel_init=nn.initializers.normal(0.01),
+    logits = dense(self.num_classes + 1, kernel_init=nn.initializers.normal(0.01),
                       name="class_logits")(x)
-    deltas = nn.Dense(4 * (self.num_classes + 1), kernel_init=nn.initializers.normal(0.001),
+    deltas = dense(4 * (self.num_classes + 1), kernel_init=nn.initializers.normal(0.001),
                       name="box_deltas")(x)
-    return logits, deltas.reshape(deltas.shape[:2] + (self.num_classes + 1, 4))
+    return (logits.astype(jnp.float32),
+            deltas.reshape(deltas.shape[:2] + (self.num_classes + 1, 4)).astype(jnp.float32))
 
 
 def box_head_loss(logits: jax.Array, deltas: jax.Array, targets: dict[str, jax.Array],

@@ -12,7 +12,7 @@ written for one image and ``jax.vmap``-ed over the batch by the detector.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import chex
 import flax.linen as nn
@@ -52,9 +52,11 @@ class RPNHead(nn.Module):
   Attributes:
     num_anchors: anchors per feature-map location (scales x aspect ratios).
     num_convs: shared 3x3 conv + ReLU layers before the predictors (1 in Faster R-CNN).
+    dtype: compute dtype; the outputs are float32 whatever it is (proposals and losses).
   """
   num_anchors: int
   num_convs: int = 1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
@@ -63,18 +65,20 @@ class RPNHead(nn.Module):
     if self.num_convs < 1:
       raise ValueError(f"RPNHead needs at least one conv layer; got num_convs={self.num_convs}.")
     # The first layer keeps Faster R-CNN's name, so one-conv heads restore as before.
-    convs = [nn.Conv(features[0].shape[-1], (3, 3), padding=1, kernel_init=init,
+    convs = [nn.Conv(features[0].shape[-1], (3, 3), padding=1, kernel_init=init, dtype=self.dtype,
                      name="conv" if i == 0 else f"conv{i + 1}") for i in range(self.num_convs)]
-    objectness = nn.Conv(self.num_anchors, (1, 1), kernel_init=init, name="objectness")
-    box_deltas = nn.Conv(4 * self.num_anchors, (1, 1), kernel_init=init, name="box_deltas")
+    objectness = nn.Conv(self.num_anchors, (1, 1), kernel_init=init, dtype=self.dtype,
+                         name="objectness")
+    box_deltas = nn.Conv(4 * self.num_anchors, (1, 1), kernel_init=init, dtype=self.dtype,
+                         name="box_deltas")
     logits, deltas = [], []
     for x in features:
       chex.assert_rank(x, 4)
       hidden = x
       for conv in convs:
         hidden = nn.relu(conv(hidden))
-      logits.append(objectness(hidden).reshape(x.shape[0], -1))
-      deltas.append(box_deltas(hidden).reshape(x.shape[0], -1, 4))
+      logits.append(objectness(hidden).reshape(x.shape[0], -1).astype(jnp.float32))
+      deltas.append(box_deltas(hidden).reshape(x.shape[0], -1, 4).astype(jnp.float32))
     return logits, deltas
 
 

@@ -43,6 +43,9 @@ from jaxvision.ops.upsampling import conv_transpose
 from jaxvision.ops.upsampling import max_pool_with_indices
 from jaxvision.ops.upsampling import max_unpool
 from jaxvision.ops.upsampling import nearest_upsample
+from jaxvision.ops.warp import context_boxes
+from jaxvision.ops.warp import warp_boxes
+from jaxvision.ops.warp import warp_regions
 
 __all__ = [
     "DEFAULT_SCALE_CLAMP",
@@ -56,6 +59,7 @@ __all__ = [
     "box_iou",
     "box_voting",
     "clip_boxes",
+    "context_boxes",
     "conv_transpose",
     "crop_and_resize_masks",
     "cxcywh_to_xyxy",
@@ -79,6 +83,8 @@ __all__ = [
     "roi_align",
     "sample_balanced",
     "small_box_mask",
+    "warp_boxes",
+    "warp_regions",
     "xywh_to_xyxy",
     "xyxy_to_cxcywh",
     "xyxy_to_xywh",

@@ -6,6 +6,8 @@ from jaxvision.tasks import context_prediction
 from jaxvision.tasks import dcgan
 from jaxvision.tasks import detection
 from jaxvision.tasks import pixelcnn
+from jaxvision.tasks import rcnn
+from jaxvision.tasks import retinanet
 from jaxvision.tasks import segmentation
 from jaxvision.tasks import simclr
 from jaxvision.tasks import vae

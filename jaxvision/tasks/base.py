@@ -38,6 +38,7 @@ import optax
 from jaxvision import data as data_lib
 from jaxvision import optim, parallel
 from jaxvision.evaluation.base import Evaluator
+from jaxvision.models.layers import compute_dtype
 
 Batch = Mapping[str, Any]
 Metrics = dict[str, jax.Array]
@@ -62,15 +63,50 @@ class Task(abc.ABC):
     guarded_metrics: Train metrics the trainer checks: a non-finite value leaves the state
       unchanged and stops the run before anything is written after it.
     networks: Names of the networks a state holds (``inference_variables`` selects one).
+    compute_dtypes: The ``config.model.dtype`` values the task's models compute in
+      (``"bfloat16"``: mixed precision, parameters stay float32). Others are an error.
+    accumulates_gradients: Whether ``train_step`` implements
+      ``config.optimizer.accumulate_steps > 1``; if not, such a config is an error.
+    compute_dtype: The dtype named by ``config.model.dtype`` (validated).
+    accumulate_steps: ``config.optimizer.accumulate_steps`` (validated; 1 without it).
   """
 
   guarded_metrics: tuple[str, ...] = ("loss",)
   networks: tuple[str, ...] = (DEFAULT_NETWORK,)
+  compute_dtypes: tuple[str, ...] = ("float32",)
+  accumulates_gradients: bool = False
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
     self.config = config
     self.mesh = mesh if mesh is not None else parallel.make_mesh()
     self._pipelines: dict[tuple, data_lib.Pipeline] = {}
+    self.compute_dtype = self._checked_compute_dtype()
+    self.accumulate_steps = self._checked_accumulate_steps()
+
+  def _checked_compute_dtype(self):
+    name = (self.config.get("model", None) or {}).get("dtype", "float32")
+    dtype = compute_dtype(name)  # Raises for a name that is no dtype at all.
+    if name not in self.compute_dtypes:
+      raise ValueError(f"Task {self.config.get('task')!r} computes in {list(self.compute_dtypes)} "
+                       f"only; got model.dtype={name!r}. Mixed precision (bfloat16) is "
+                       "implemented for classify_localize and detection.")
+    return dtype
+
+  def _checked_accumulate_steps(self) -> int:
+    optimizer = self.config.get("optimizer", None)
+    steps = optim.accumulate_steps(optimizer) if optimizer is not None else 1
+    if steps == 1:
+      return steps
+    if not self.accumulates_gradients:
+      raise ValueError(f"Task {self.config.get('task')!r} has no gradient accumulation (its "
+                       "train step does not split the batch); set optimizer.accumulate_steps=1.")
+    devices = self.mesh.devices.size
+    if self.config.batch_size % (steps * devices):
+      raise ValueError(f"config.batch_size={self.config.batch_size} must be a multiple of "
+                       f"optimizer.accumulate_steps={steps} x {devices} devices: each update's "
+                       f"global batch is split into {steps} micro-batches, each spread over "
+                       "every device.")
+    return steps
 
   # --- data ----------------------------------------------------------------------------
   @functools.cached_property
@@ -245,7 +281,8 @@ class Task(abc.ABC):
     features = backbone.apply(backbone_variables, self.normalize(images), train=False)
     if feature not in features:
       raise ValueError(f"The backbone has no feature {feature!r}; it has {sorted(features)}.")
-    return features[feature].reshape(images.shape[0], -1)
+    # Probes fit float32 features whatever the backbone computes in (model.dtype).
+    return features[feature].reshape(images.shape[0], -1).astype(jnp.float32)
 
   def predict(self, variables: Variables, images: jax.Array) -> dict[str, jax.Array]:
     """Notebook inference on NHWC images (uint8 or float32 in [0, 255])."""
@@ -288,8 +325,11 @@ class SupervisedTask(Task):
   """One model, one loss, one optimizer: ``state = {params, batch_stats, opt_state, step}``.
 
   Subclasses define the model (``model``, ``init_variables``) and ``loss_fn``; the step is
-  ``value_and_grad`` + the optimizer of ``config.optimizer``.
+  ``value_and_grad`` + the optimizer of ``config.optimizer``, with gradient accumulation
+  over micro-batches when ``optimizer.accumulate_steps > 1`` (see :mod:`jaxvision.optim`).
   """
+
+  accumulates_gradients = True
 
   @abc.abstractmethod
   def init_variables(self, rng: jax.Array, batch: Batch) -> Variables:
@@ -319,15 +359,45 @@ class SupervisedTask(Task):
             "opt_state": self.tx.init(variables["params"]),
             "step": jnp.zeros((), jnp.int32)}
 
-  def train_step(self, state, batch, rng):
+  def _micro_step(self, params, batch_stats, opt_state, batch, rng):
+    """Gradient of ``batch`` and the optimizer's update: one step, or one micro-step of an
+    accumulated one (``optax.MultiSteps`` updates nothing until the last micro-batch)."""
     grad_fn = jax.value_and_grad(self.loss_fn, has_aux=True)
     (loss, (metrics, model_state)), grads = grad_fn(
-        state["params"], {"batch_stats": state["batch_stats"]}, batch, rng)
-    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"params": optax.apply_updates(state["params"], updates),
-                 "batch_stats": model_state.get("batch_stats", state["batch_stats"]),
-                 "opt_state": opt_state, "step": state["step"] + 1}
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+        params, {"batch_stats": batch_stats}, batch, rng)
+    updates, opt_state = self.tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), model_state.get("batch_stats", batch_stats),
+            opt_state, grads, {**metrics, "loss": loss})
+
+  def train_step(self, state, batch, rng):
+    carry = (state["params"], state["batch_stats"], state["opt_state"])
+    steps = self.accumulate_steps
+    if steps == 1:
+      params, batch_stats, opt_state, grads, metrics = self._micro_step(*carry, batch, rng)
+    else:
+      # Micro-batch j is rows j, j + k, j + 2k, ...: every device's contiguous block of the
+      # sharded global batch (a multiple of k rows) holds its share of each micro-batch, so
+      # every micro-step runs on all devices without moving rows between them.
+      micro_batches = jax.tree.map(
+          lambda x: jnp.swapaxes(x.reshape((x.shape[0] // steps, steps) + x.shape[1:]), 0, 1),
+          batch)
+
+      def micro_step(carry, inputs):
+        *carry, grad_sum = carry
+        index, micro_batch = inputs
+        *carry, grads, metrics = self._micro_step(*carry, micro_batch,
+                                                  jax.random.fold_in(rng, index))
+        return (*carry, jax.tree.map(jnp.add, grad_sum, grads)), metrics
+
+      zeros = jax.tree.map(jnp.zeros_like, state["params"])
+      (params, batch_stats, opt_state, grad_sum), metrics = jax.lax.scan(
+          micro_step, (*carry, zeros), (jnp.arange(steps), micro_batches))
+      # Means over the micro-batches: the global batch's, for means over its examples.
+      metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+      grads = jax.tree.map(lambda g: g / steps, grad_sum)  # what MultiSteps applied
+    new_state = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state,
+                 "step": state["step"] + 1}
+    metrics = {**metrics, "grad_norm": optax.global_norm(grads),
                "learning_rate": self.learning_rate(state["step"])}
     return new_state, metrics
 

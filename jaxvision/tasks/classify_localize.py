@@ -65,6 +65,8 @@ class ClassifyLocalizeEvaluator(base.Evaluator):
 class ClassifyLocalizeTask(base.SupervisedTask):
   """Single-object classification + box regression on the shapes dataset."""
 
+  compute_dtypes = ("float32", "bfloat16")
+
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
     super().__init__(config, mesh)
     if config.model.box_loss not in BOX_LOSSES:
@@ -75,7 +77,7 @@ class ClassifyLocalizeTask(base.SupervisedTask):
       raise ValueError("classify_localize predicts one object per image: set data.max_boxes=1 "
                        f"(got {config.data.max_boxes}).")
     self.image_size = config.data.image_size
-    self.backbone_module = build_backbone(config.model.backbone,
+    self.backbone_module = build_backbone(config.model.backbone, dtype=self.compute_dtype,
                                           **dict(config.model.backbone_kwargs))
     self._predict = jax.jit(self._forward)
 
@@ -87,7 +89,7 @@ class ClassifyLocalizeTask(base.SupervisedTask):
         backbone=self.config.model.backbone,
         backbone_kwargs=dict(self.config.model.backbone_kwargs),
         neck_channels=self.config.model.neck_channels, hidden=self.config.model.hidden,
-        roi_feature=self.config.model.get("roi_feature", "C3"))
+        roi_feature=self.config.model.get("roi_feature", "C3"), dtype=self.compute_dtype)
 
   def validate_batch(self, batch: Mapping[str, np.ndarray]) -> None:
     base.validate_images(batch["image"], self.image_shape, "batch['image']")

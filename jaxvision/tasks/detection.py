@@ -12,11 +12,21 @@ batch. They are made in the input pipeline's workers by :func:`synthetic_proposa
 (jittered ground-truth boxes plus random boxes; see ``DetectionTask.preprocess``), standing
 in for an external proposal method such as Selective Search, so both stages can be compared
 on the same data.
+
+Fast R-CNN on selective search (``config.data_proposals.method = "selective_search"``, with
+``proposal_source = "data"``; ``configs/fast_rcnn_shapes.py``): the proposals are OpenCV's
+selective search boxes of each image (``jaxvision.data.proposals``), searched once per image
+on the image as stored and cached on disk beside the dataset (``data_proposals.cache``),
+then letterboxed and flipped with the image, so training, evaluation and ``predict`` all see
+the same ones. ``method = "synthetic"`` (the default) keeps the jittered boxes above. The
+choice lives in ``data_proposals`` rather than in ``model.proposal_source`` because the
+model is the same Fast R-CNN either way; only the data step differs.
 Crowd annotations (``is_crowd``) are left out of the training targets, as in torchvision.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Mapping
 
@@ -28,14 +38,15 @@ import numpy as np
 from jaxvision import data as data_lib
 from jaxvision import viz
 from jaxvision.evaluation import coco
+from jaxvision.data import proposals as proposals_lib
 from jaxvision.models.detection import FasterRCNN, PROPOSAL_SOURCES
 from jaxvision.models.resnet import build_backbone
 from jaxvision.tasks import base
 
+# What makes the proposals of ``proposal_source="data"`` (``config.data_proposals.method``).
+PROPOSAL_METHODS = ("synthetic", "selective_search")
 # Proposals kept per image for ``rpn_AR100``.
 PROPOSALS_FOR_RECALL = 100
-_MODEL_CONFIG_FIELDS = frozenset(FasterRCNN.__dataclass_fields__) - {"num_classes", "parent",
-                                                                        "name"}
 
 
 def synthetic_proposals(boxes: np.ndarray, box_valid: np.ndarray, image_size: int,
@@ -75,6 +86,35 @@ def synthetic_proposals(boxes: np.ndarray, box_valid: np.ndarray, image_size: in
   return proposals, np.ones(num_proposals, bool)
 
 
+def selective_search_cache(config: ml_collections.ConfigDict
+                           ) -> proposals_lib.ProposalCache | None:
+  """The selective search of a Fast R-CNN config (None for other proposal methods).
+
+  ``config.data_proposals``: ``method`` (``PROPOSAL_METHODS``), ``num_proposals``, and for
+  selective search ``mode`` (``"fast"``/``"quality"``), ``min_size`` (pixels of the stored
+  image) and ``cache`` (keep the boxes under ``<data_dir>/proposals/``, default True).
+  """
+  settings = config.get("data_proposals")
+  if settings is None:
+    raise ValueError("model.proposal_source='data' (Fast R-CNN) needs config.data_proposals "
+                     "(method, num_proposals, ...; see configs/fast_rcnn_shapes.py).")
+  method = settings.get("method", "synthetic")
+  if method not in PROPOSAL_METHODS:
+    raise ValueError(f"Unknown config.data_proposals.method {method!r}; use one of "
+                     f"{PROPOSAL_METHODS}.")
+  if settings.num_proposals < 1:
+    raise ValueError(f"config.data_proposals.num_proposals must be >= 1, got "
+                     f"{settings.num_proposals}.")
+  if method != "selective_search":
+    return None
+  mode, min_size = settings.get("mode", "fast"), settings.get("min_size", 4)
+  directory = None
+  if settings.get("cache", True):
+    directory = os.path.join(data_lib.datasets.resolve_data_dir(config.data.get("data_dir")),
+                             "proposals", f"selective_search_{mode}_min{min_size}")
+  return proposals_lib.ProposalCache(directory, mode=mode, min_size=min_size)
+
+
 class DetectionEvaluator(base.Evaluator):
   """COCO box AP/AR of the detections plus ``rpn_AR100``, ``rpn_recall50``, ``rpn_recall75``.
 
@@ -83,8 +123,12 @@ class DetectionEvaluator(base.Evaluator):
   """
 
   def __init__(self, class_names: tuple[str, ...],
-               on_result: Callable[[coco.CocoResult], None] | None = None):
-    self.detections = coco.CocoEvaluator(class_names=class_names)
+               on_result: Callable[[coco.CocoResult], None] | None = None,
+               detections: coco.CocoEvaluator | coco.ReferenceCocoEvaluator | None = None):
+    """``detections``: the evaluator of the detections; default: against the batches'
+    boxes (``coco.CocoEvaluator``)."""
+    self.detections = (coco.CocoEvaluator(class_names=class_names) if detections is None
+                       else detections)
     self.proposals = coco.CocoEvaluator(class_names=("object",))
     self._on_result = on_result
 
@@ -115,13 +159,19 @@ class DetectionEvaluator(base.Evaluator):
 class DetectionTask(base.SupervisedTask):
   """Two-stage detection on any box dataset of ``jaxvision.data``."""
 
+  compute_dtypes = ("float32", "bfloat16")
+  # The detector module built from ``config.model``; a subclass with another detector
+  # (``retinanet``) names its own and keeps everything else.
+  detector: type = FasterRCNN
+
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
     super().__init__(config, mesh)
     model_config = config.model.to_dict()
-    unknown = sorted(set(model_config) - _MODEL_CONFIG_FIELDS - {"num_classes"})
+    fields = frozenset(self.detector.__dataclass_fields__) - {"num_classes", "parent", "name"}
+    unknown = sorted(set(model_config) - fields - {"num_classes"})
     if unknown:
-      raise ValueError(f"Unknown config.model fields {unknown}; FasterRCNN accepts "
-                       f"{sorted(_MODEL_CONFIG_FIELDS | {'num_classes'})}.")
+      raise ValueError(f"Unknown config.model fields {unknown}; {self.detector.__name__} "
+                       f"accepts {sorted(fields | {'num_classes'})}.")
     if model_config.get("proposal_source", "rpn") not in PROPOSAL_SOURCES:
       raise ValueError(f"Unknown config.model.proposal_source "
                        f"{model_config['proposal_source']!r}; use one of {PROPOSAL_SOURCES}.")
@@ -129,11 +179,16 @@ class DetectionTask(base.SupervisedTask):
       raise ValueError("config.model.num_classes (object classes, without background) is "
                        "required, e.g. len(jaxvision.data.CLASS_NAMES) for shapes or 80 for COCO.")
     self.num_classes = model_config.pop("num_classes")
+    if self.num_classes is None:  # the dataset's: configs for a user's own data
+      self.num_classes = len(self.class_names)
+    model_config["dtype"] = self.compute_dtype  # validated by the base class
     self.image_size = config.data.image_size
     model_config = {k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items()}
     self.uses_data_proposals = model_config.get("proposal_source", "rpn") == "data"
-    self._model = FasterRCNN(num_classes=self.num_classes, **model_config)
-    self.backbone_module = build_backbone(self._model.backbone,
+    self._selective_search = (selective_search_cache(config) if self.uses_data_proposals
+                              else None)
+    self._model = self.detector(num_classes=self.num_classes, **model_config)
+    self.backbone_module = build_backbone(self._model.backbone, dtype=self.compute_dtype,
                                           **(self._model.backbone_kwargs or {}))
     self._predict = jax.jit(self._forward)
     # Set by ``write_pictures`` (first eval batch), used when that evaluation's result is in.
@@ -155,11 +210,18 @@ class DetectionTask(base.SupervisedTask):
   def preprocess(self, example, rng):
     """The standard row plus, in Fast R-CNN mode, its ``proposals``/``proposal_valid``.
 
-    Training proposals are drawn from the row's augmentation generator; evaluation
-    proposals from one seeded by ``(config.seed, image id)``, so every evaluation sees the
-    same ones.
+    Synthetic training proposals are drawn from the row's augmentation generator;
+    evaluation proposals from one seeded by ``(config.seed, image id)``, so every evaluation
+    sees the same ones. Selective search proposals are searched (or read from the cache) on
+    the stored image and letterboxed and flipped with it by the standard preprocessing.
     """
+    if self._selective_search is not None and "image" in example:
+      example = {**example, "proposals": self._selective_search.boxes(example["image"])}
     row = super().preprocess(example, rng)
+    if "proposals" in row:
+      row["proposals"], row["proposal_valid"] = proposals_lib.pad_proposals(
+          row["proposals"], self.config.data_proposals.num_proposals)
+      return row
     if not self.uses_data_proposals or "boxes" not in row:
       return row
     if rng is None:
@@ -212,7 +274,17 @@ class DetectionTask(base.SupervisedTask):
     return self._forward(variables, batch["image"], self._proposal_inputs(batch))
 
   def make_evaluator(self) -> DetectionEvaluator:
-    return DetectionEvaluator(self.class_names, on_result=self._write_pr_curves)
+    return DetectionEvaluator(self.class_names, on_result=self._write_pr_curves,
+                              detections=self._reference_evaluator())
+
+  def _reference_evaluator(self) -> coco.ReferenceCocoEvaluator | None:
+    """Sources with their own COCO ground truth (``coco_json``) are scored against it, in
+    their image and category ids and original image pixels, not against the batches'."""
+    if not isinstance(self.source, data_lib.coco_json.CocoJsonSource):
+      return None
+    return coco.ReferenceCocoEvaluator(
+        self.source.ground_truth,
+        functools.partial(self.source.coco_results, image_size=self.image_size))
 
   def _write_pr_curves(self, result: coco.CocoResult) -> None:
     """PR curves (IoU 0.5) of the evaluation whose pictures were just written."""
@@ -226,18 +298,39 @@ class DetectionTask(base.SupervisedTask):
 
     Returns ``boxes [B, D, 4]`` (xyxy pixels), ``scores [B, D]`` (decreasing),
     ``classes [B, D]`` (``0..C-1``), ``valid [B, D]`` with ``D = model.max_detections``.
-    Fast R-CNN models also need ``proposals [B, P, 4]`` and ``proposal_valid [B, P]``.
+    Fast R-CNN models also need ``proposals [B, P, 4]`` and ``proposal_valid [B, P]``,
+    except on selective search, whose proposals are searched here when not given.
+    With ``data.name = "coco_json"`` also ``category_ids [B, D]``: the json's category id
+    of each class (``coco_json.original_boxes`` maps the boxes to an original image).
     """
     base.validate_images(images, self.image_shape, "predict")
     proposal_inputs = {}
     if self.uses_data_proposals:
+      if (proposals is None and proposal_valid is None
+          and self._selective_search is not None):
+        proposals, proposal_valid = self.selective_search_proposals(images)
       if proposals is None or proposal_valid is None:
         raise ValueError("This model takes its proposals from the data "
                          "(model.proposal_source='data'): pass proposals and proposal_valid.")
       proposal_inputs = {"proposals": jnp.asarray(proposals),
                          "proposal_valid": jnp.asarray(proposal_valid)}
     outputs = self._predict(variables, jnp.asarray(images), proposal_inputs)
-    return {k: outputs[k] for k in ("boxes", "scores", "classes", "valid")}
+    detections = {k: outputs[k] for k in ("boxes", "scores", "classes", "valid")}
+    # Only then is the source built: other sources may need data a notebook lacks.
+    if self.config.data.name == data_lib.coco_json.NAME:
+      detections["category_ids"] = jnp.asarray(
+          self.source.metadata.category_ids)[detections["classes"]]
+    return detections
+
+  def selective_search_proposals(self, images) -> tuple[np.ndarray, np.ndarray]:
+    """``proposals [B, P, 4]``, ``proposal_valid [B, P]`` of model-input images (uint8 or
+    float in [0, 255]) by this config's selective search (``data_proposals``)."""
+    if self._selective_search is None:
+      raise ValueError("config.data_proposals.method is not 'selective_search'.")
+    pixels = np.clip(np.rint(np.asarray(images, np.float32)), 0, 255).astype(np.uint8)
+    count = self.config.data_proposals.num_proposals
+    rows = [self._selective_search(image, count) for image in pixels]
+    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
 
   def write_pictures(self, variables, batch, outputs, directory, step) -> list[str]:
     """Ground truth (green) and detections scoring at least 0.5 (red) on held-out images.

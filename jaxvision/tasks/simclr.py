@@ -110,6 +110,8 @@ class SimCLRTask(pretext.DrawnPretextTask):
   """SimCLR pretraining; see the module docstring."""
 
   MODEL_FIELDS = ("backbone", "backbone_kwargs", "hidden", "projection_dim", "temperature")
+  # NT-Xent's negatives are the whole global batch: micro-batches would change the loss.
+  accumulates_gradients = False
 
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
     super().__init__(config, mesh)

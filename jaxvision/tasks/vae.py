@@ -2,7 +2,8 @@
 
 ``q(z | x) = N(mean(x), diag(exp(log_variance(x))))``, ``p(z) = N(0, I)``; the decoder
 ``p(x | z)`` is a Bernoulli per pixel (``model.pixels="binary"``) or a discretized logistic
-per pixel channel (``"8bit"``), see ``jaxvision.tasks.generative``. Training maximizes
+per pixel channel (``"8bit"``; ``model.output="logistic_mixture"``: PixelCNN++'s mixture of
+``model.num_mixtures`` per pixel instead), see ``jaxvision.tasks.generative``. Training maximizes
 ``ELBO = E_q[log p(x | z)] - KL(q(z | x) || p(z))`` (one reparameterized sample, analytic
 KL) with two defences against posterior collapse:
 
@@ -31,6 +32,7 @@ import numpy as np
 import optax
 
 from jaxvision import viz
+from jaxvision.models.pixelcnn import mixture_num_params
 from jaxvision.models.vae import VAE
 from jaxvision.tasks import base, generative
 
@@ -80,12 +82,25 @@ class VAETask(generative.DiscretePixelsTask):
       raise ValueError("model.free_bits and model.kl_warmup_steps must be >= 0.")
     if self.num_classes:
       raise ValueError("The VAE is unconditional: set model.num_classes=0.")
+    # 8-bit decoders: "logistic" (one discretized logistic per pixel channel) or
+    # "logistic_mixture" (PixelCNN++'s mixture per pixel, model.num_mixtures components).
+    self.output = config.model.get("output", "logistic")
+    self.num_mixtures = config.model.get("num_mixtures", 5)
+    if self.output not in ("logistic", "logistic_mixture"):
+      raise ValueError(f"Unknown model.output {self.output!r} of the VAE; use 'logistic' or "
+                       "'logistic_mixture' (8-bit pixels).")
+    if self.output == "logistic_mixture" and (self.num_levels != 256 or self.num_mixtures < 1):
+      raise ValueError("model.output='logistic_mixture' needs model.pixels='8bit' and "
+                       "model.num_mixtures >= 1.")
 
   @functools.cached_property
   def model(self) -> VAE:
     height, _, channels = self.image_shape
-    return VAE(image_size=height, channels=channels,
-               outputs_per_channel=1 if self.num_levels == 2 else 2,
+    if self.output == "logistic_mixture":  # one block of parameters per pixel
+      channels, per_channel = 1, mixture_num_params(channels, self.num_mixtures)
+    else:
+      per_channel = 1 if self.num_levels == 2 else 2
+    return VAE(image_size=height, channels=channels, outputs_per_channel=per_channel,
                latents=self.config.model.latents, features=self.config.model.features,
                hidden=self.config.model.hidden)
 
@@ -98,6 +113,10 @@ class VAETask(generative.DiscretePixelsTask):
 
   def reconstruction_log_prob(self, params: jax.Array, levels: jax.Array) -> jax.Array:
     """``log p(x | z)`` per image ``[B]`` from decoder outputs ``[B, H, W, C, P]``."""
+    if self.output == "logistic_mixture":
+      log_p = generative.discretized_logistic_mixture_log_prob(levels, params[..., 0, :],
+                                                               self.num_mixtures)
+      return jnp.sum(log_p, axis=(1, 2))
     if self.num_levels == 2:
       log_p = -optax.sigmoid_binary_cross_entropy(params[..., 0], levels.astype(jnp.float32))
     else:
@@ -107,6 +126,10 @@ class VAETask(generative.DiscretePixelsTask):
 
   def mean_image(self, params: jax.Array) -> jax.Array:
     """Decoder outputs -> the mean image, float in [0, 255] ``[B, H, W, C]``."""
+    if self.output == "logistic_mixture":
+      mean = generative.discretized_logistic_mixture_mean(params[..., 0, :], self.image_shape[2],
+                                                          self.num_mixtures)
+      return 127.5 * (jnp.clip(mean, -1.0, 1.0) + 1.0)
     if self.num_levels == 2:
       return 255.0 * jax.nn.sigmoid(params[..., 0])
     return 127.5 * (jnp.clip(params[..., 0], -1.0, 1.0) + 1.0)
@@ -140,6 +163,9 @@ class VAETask(generative.DiscretePixelsTask):
     if not warmup:
       return jnp.ones((), jnp.float32)
     return jnp.minimum(1.0, step.astype(jnp.float32) / warmup)
+
+  # Its step puts the KL weight's step into the batch, which micro-batches cannot split.
+  accumulates_gradients = False
 
   def train_step(self, state, batch, rng):
     # The KL weight follows the step: the loss reads it from the batch.

@@ -378,7 +378,8 @@ def test_mocked_mnist(tmp_path):
 
 # --- registry and config ------------------------------------------------------------------
 def test_unknown_source_lists_the_registered_ones():
-  with pytest.raises(ValueError, match=r"'nonesuch'.*'arrays', 'shapes', 'tfds:<argument>'"):
+  with pytest.raises(ValueError,
+                     match=r"'nonesuch'.*'arrays', 'coco_json', 'shapes', 'tfds:<argument>'"):
     data.get_source(data.data_config(name="nonesuch"))
 
 

@@ -81,3 +81,19 @@ def check_one_step_on_a_fake_batch(config):
   state = trainer.init_state(task, config, batch)
   state, metrics = jax.jit(task.train_step)(state, batch, jax.random.key(0))
   assert np.isfinite(float(metrics["loss"])) and int(state["step"]) == 1
+
+
+def check_one_step_on_a_fake_8bit_batch(config):
+  """The config's task and one train step on a random 8-bit batch of its image shape (for
+  configs whose dataset is not in the tests: CIFAR-10); returns the step's metrics."""
+  task = base.get_task(config, mesh_of(1))
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (4, *task.image_shape)).astype(np.uint8),
+           "label": rng.integers(0, 10, 4).astype(np.int32)}
+  task.validate_batch(batch)
+  state = trainer.init_state(task, config, batch)
+  state, metrics = jax.jit(task.train_step)(state, batch, jax.random.key(0))
+  metrics = {name: float(value) for name, value in jax.device_get(metrics).items()
+             if np.ndim(value) == 0}
+  assert np.isfinite(metrics["loss"]) and int(state["step"]) == 1
+  return metrics

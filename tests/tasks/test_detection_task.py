@@ -30,6 +30,7 @@ def trained(tmp_path_factory):
   config = shapes_config.get_config("quick")
   mesh = Mesh(np.asarray(jax.devices()[:2]), (parallel.DATA_AXIS,))
   task = get_task(config, mesh)
+  chex.clear_trace_counter()  # the counter is per function, shared by every DetectionTask
   task.loss_fn = chex.assert_max_traces(task.loss_fn, n=1)
   batches = [task.train_batch(0), task.train_batch(1)]
   batches[1]["box_valid"][0] = False

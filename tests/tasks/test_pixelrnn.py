@@ -1,11 +1,12 @@
-"""PixelRNN (Row LSTM): causality, normalized likelihoods, training, resume and restore."""
+"""PixelRNN (Row LSTM, Diagonal BiLSTM): causality, normalized likelihoods, training, resume
+and restore."""
 
 import jax
 import numpy as np
 import pytest
 
 from jaxvision import checkpoint, trainer
-from jaxvision.models.pixelrnn import PixelRNN
+from jaxvision.models.pixelrnn import PixelRNN, skew, unskew
 from jaxvision.tasks import base
 
 import generative_checks
@@ -35,8 +36,40 @@ def test_row_lstm_is_causal(channels):
   assert jacobian[i, value(3, 5)] == 0.0
 
 
-def test_likelihood_sums_to_one_over_all_binary_images():
+@pytest.mark.parametrize("channels", [3])  # channel groups included (1 adds little)
+def test_diagonal_bilstm_sees_exactly_the_earlier_values(channels):
+  model = PixelRNN(channels=channels, num_levels=4, features=4 * channels,
+                   hidden=4 * channels, num_layers=1, first_kernel=3, rnn="diagonal_bilstm")
+  jacobian = input_jacobian(model, 5, 5, channels)
+  visible = earlier(jacobian.shape[0])
+  assert np.all(jacobian[~visible] == 0.0)
+  # One layer sees every earlier value (the left-to-right direction the pixels up and to the
+  # left, the right-to-left one, shifted down a row, the rows above to the right) but one:
+  # the last value (last channel) of the row above, from columns the type-A convolution does
+  # not reach (its own type-A features exclude it, and nothing after it in its row can
+  # carry it): the paper's layer, as described, has this one-value blind spot.
+  pixel, channel = np.divmod(np.arange(jacobian.shape[0]), channels)
+  row, column = pixel // 5, pixel % 5
+  blind = ((row[None, :] == row[:, None] - 1) & (column[None, :] == 4)
+           & (channel[None, :] == channels - 1) & (column[:, None] < 4 - 3 // 2))
+  assert blind.sum() == 4 * 3 * channels
+  assert np.all(jacobian[visible & ~blind] > 0.0)
+  assert np.all(jacobian[blind] == 0.0)
+
+
+def test_diagonal_bilstm_skew_and_unskew_are_inverse():
+  x = np.arange(2 * 3 * 4 * 1, dtype=np.float32).reshape(2, 3, 4, 1)
+  skewed = np.asarray(skew(x))
+  assert skewed.shape == (2, 3, 6, 1)
+  np.testing.assert_array_equal(skewed[:, 2, 2:6], x[:, 2])  # row 2 starts at column 2
+  assert np.all(skewed[:, 2, :2] == 0) and np.all(skewed[:, 0, 4:] == 0)
+  np.testing.assert_array_equal(np.asarray(unskew(skew(x), 4)), x)
+
+
+@pytest.mark.parametrize("architecture", ["row_lstm", "diagonal_bilstm"])
+def test_likelihood_sums_to_one_over_all_binary_images(architecture):
   config = shapes_config.get_config("quick")
+  config.model.architecture = architecture
   config.data.image_size = 3  # only the task's shapes are used: no data is read
   task = base.get_task(config, mesh_of(1))
   bits = (np.arange(2**9)[:, None] >> np.arange(9)) & 1
@@ -48,8 +81,9 @@ def test_likelihood_sums_to_one_over_all_binary_images():
 
 def test_bad_architecture_is_named():
   config = shapes_config.get_config("quick")
-  config.model.architecture = "diagonal_bilstm"
-  with pytest.raises(ValueError, match=r"'diagonal_bilstm' for task 'pixelrnn'.*\['row_lstm'\]"):
+  config.model.architecture = "gru"
+  with pytest.raises(ValueError,
+                     match=r"'gru' for task 'pixelrnn'.*\['diagonal_bilstm', 'row_lstm'\]"):
     base.get_task(config, mesh_of(1)).model
 
 
