@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 import time
@@ -48,20 +47,13 @@ from jaxvision import trainer
 from jaxvision.parallel import data_sharding, global_batch, replicated
 from jaxvision.tasks import get_task
 
+from detection import load_config  # benchmarks/detection.py (this script's directory)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("faster_rcnn", "classify_localize")
 DTYPES = ("float32", "bfloat16")
 # jaxvision backbone preset -> torchvision constructor of the same network.
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
-
-
-def load_config(spec: str):
-  """``path/to/config.py[:variant]`` -> ``get_config(variant)``."""
-  path, _, variant = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("benchmarked_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(variant or None)
 
 
 def timed(function: Callable[[], Any], calls: int, block: Callable[[Any], Any]

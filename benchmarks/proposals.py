@@ -19,7 +19,6 @@ detector forward (backbone, RPN, RoI head) divided by the batch size.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import time
 
@@ -35,16 +34,9 @@ from jaxvision import data as data_lib
 from jaxvision.data import proposals as proposals_lib
 from jaxvision.evaluation import proposals as recall_lib
 
+from detection import load_config  # benchmarks/detection.py (this script's directory)
+
 FEATURES = ("image", "boxes", "labels", "is_crowd")
-
-
-def load_config(spec: str):
-  """``path/to/config.py[:variant]`` -> ``get_config(variant)``."""
-  path, _, variant = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("benchmarked_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(variant or None)
 
 
 def held_out_batches(data_config, split: str, num_images: int, batch_size: int = 8):
