@@ -12,7 +12,6 @@ first (compiling) call of each function is timed separately and excluded.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import time
 
@@ -23,17 +22,12 @@ cpu_devices.configure()  # As jaxvision.train does: one CPU device per core unle
 # pylint: disable=wrong-import-position
 import jax
 
-from jaxvision import parallel, trainer
+from jaxvision import config_files, parallel, trainer
 from jaxvision.tasks import get_task
 
 
-def load_config(spec: str):
-  """``path/to/config.py[:variant]`` -> ``get_config(variant)``."""
-  path, _, variant = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("benchmarked_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(variant or None)
+# ``path/to/config.py[:variant]`` -> ``get_config(variant)``; the other scripts import it here.
+load_config = config_files.load_config
 
 
 def timed(function, calls: int) -> float:

@@ -105,15 +105,20 @@ def rpn_rows(workdir: str, split: str, num_images: int, top_k) -> list[dict]:
                      batches, top_k, float(np.median(times)))
 
 
-def print_table(rows: list[dict]) -> None:
-  print("| proposals | first k | per image | recall@0.5 | recall@0.7 | recall@0.9 | "
-        "mean best IoU | s / image (median) |")
-  print("|---|---|---|---|---|---|---|---|")
+def format_table(rows: list[dict]) -> str:
+  """The rows of :func:`recall_rows` as a markdown table, then the number of objects."""
+  lines = ["| proposals | first k | per image | recall@0.5 | recall@0.7 | recall@0.9 | "
+           "mean best IoU | s / image (median) |",
+           "|---|---|---|---|---|---|---|---|"]
   for r in rows:
-    print(f"| {r['method']} | {r['top_k']} | {r['proposals_per_image']:.1f} | "
-          f"{r['recall50']:.3f} | {r['recall70']:.3f} | {r['recall90']:.3f} | "
-          f"{r['mean_best_iou']:.3f} | {r['seconds']:.4f} |")
-  print(f"\n{int(rows[0]['objects'])} objects.")
+    lines.append(f"| {r['method']} | {r['top_k']} | {r['proposals_per_image']:.1f} | "
+                 f"{r['recall50']:.3f} | {r['recall70']:.3f} | {r['recall90']:.3f} | "
+                 f"{r['mean_best_iou']:.3f} | {r['seconds']:.4f} |")
+  return "\n".join(lines) + f"\n\n{int(rows[0]['objects'])} objects."
+
+
+def print_table(rows: list[dict]) -> None:
+  print(format_table(rows))
 
 
 def main() -> None:

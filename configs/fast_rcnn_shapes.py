@@ -25,27 +25,17 @@ their index); fewer training images (5000 instead of 20000) because each new ima
 search, and the run sees every one ~6 times.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _faster_rcnn_shapes():
-  """configs/faster_rcnn_shapes.py, loaded by path: configs/ is not a package, and this
-  file is loaded by path too (``--config``), from any working directory."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faster_rcnn_shapes.py")
-  spec = importlib.util.spec_from_file_location("_faster_rcnn_shapes_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from jaxvision import config_files
 
 
 def get_config(arg=None):
   if arg not in (None, "", "quick", "quality"):
     raise ValueError(f"Unknown variant {arg!r} of fast_rcnn_shapes; use 'quick', 'quality' "
                      "or none.")
-  config = _faster_rcnn_shapes().get_config("quick" if arg == "quick" else None)
+  base = config_files.sibling(__file__, "faster_rcnn_shapes")
+  config = base.get_config("quick" if arg == "quick" else None)
   config.model.proposal_source = "data"  # Fast R-CNN: the proposals come with the batch
   config.model.refine_proposals = False  # it refines an RPN's proposals; there is none
   config.data_proposals = ml_collections.ConfigDict(dict(

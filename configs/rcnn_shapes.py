@@ -18,27 +18,17 @@ windows per 128), matched and sampled by the Fast R-CNN head's own code. Inferen
 proposal slots of an image, 100 regions per CNN call.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
+from jaxvision import config_files
 from jaxvision.data import CLASS_NAMES
-
-
-def _fast_rcnn_shapes():
-  """configs/fast_rcnn_shapes.py, loaded by path (configs/ is not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fast_rcnn_shapes.py")
-  spec = importlib.util.spec_from_file_location("_fast_rcnn_shapes_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def get_config(arg=None):
   if arg not in (None, "", "quick"):
     raise ValueError(f"Unknown variant {arg!r} of rcnn_shapes; use 'quick' or none.")
-  config = _fast_rcnn_shapes().get_config("quick" if arg == "quick" else None)
+  base = config_files.sibling(__file__, "fast_rcnn_shapes")
+  config = base.get_config("quick" if arg == "quick" else None)
   config.task = "rcnn"
   config.total_steps = 3000
   config.eval_every = 1000

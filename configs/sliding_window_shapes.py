@@ -17,27 +17,17 @@ quarter foreground at IoU >= 0.5), the same data as the other detectors; see
 Data: ``configs/faster_rcnn_shapes.py``'s (same held-out split).
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
+from jaxvision import config_files
 from jaxvision.data import CLASS_NAMES
-
-
-def _faster_rcnn_shapes():
-  """configs/faster_rcnn_shapes.py, loaded by path (configs/ is not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faster_rcnn_shapes.py")
-  spec = importlib.util.spec_from_file_location("_faster_rcnn_shapes_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def get_config(arg=None):
   if arg not in (None, "", "quick"):
     raise ValueError(f"Unknown variant {arg!r} of sliding_window_shapes; use 'quick' or none.")
-  config = _faster_rcnn_shapes().get_config("quick" if arg == "quick" else None)
+  base = config_files.sibling(__file__, "faster_rcnn_shapes")
+  config = base.get_config("quick" if arg == "quick" else None)
   config.task = "sliding_window_detection"
   del config["data_proposals"]  # the windows are the task's own
   config.total_steps = 3000

@@ -49,13 +49,43 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   evaluators_lib.eval_settings(config)
 
 
+METRICS_FILE = "metrics.jsonl"
+# Wall-clock seconds of a run up to each log step (see ``train_and_evaluate``).
+ELAPSED_METRIC = "train/elapsed_seconds"
+
+
+def read_metrics(workdir: str) -> list[dict[str, float]]:
+  """Every record of ``workdir``'s ``metrics.jsonl``, in order (``[]`` when there is none).
+
+  A line cut short (a run killed while writing it) is skipped, so a resumed run still starts.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return records
+
+
+def recorded_elapsed(workdir: str) -> float | None:
+  """The run's wall-clock seconds up to its last log step (``ELAPSED_METRIC``), summed over
+  resumed segments; None when ``metrics.jsonl`` has no such record."""
+  values = [r[ELAPSED_METRIC] for r in read_metrics(workdir) if ELAPSED_METRIC in r]
+  return values[-1] if values else None
+
+
 class MetricWriter:
   """``metrics.jsonl`` (one JSON object per logged step) plus TensorBoard event files."""
 
   def __init__(self, workdir: str):
     self._enabled = parallel.is_main_process()
     if self._enabled:
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
       self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -209,6 +239,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ``mesh`` (default: every device of every host, ``parallel.make_mesh()``) lets a notebook or
   a test train on a subset of the devices.
   """
+  # ``ELAPSED_METRIC``: wall time from here (dataset generation, compilation and evaluations
+  # included) to each log step, continued from the last record when the run resumes.
+  run_start = time.perf_counter()
   validate_config(config)
   parallel.initialize()
   mesh = parallel.make_mesh() if mesh is None else mesh
@@ -221,6 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.get("keep_checkpoints", 3))
 
   start = checkpointer.latest_step() or 0
+  elapsed_before = ((recorded_elapsed(workdir) or 0.0) if start and parallel.is_main_process()
+                    else 0.0)
   # torchvision:/timm: weights are read and checked against the config before any compile.
   pretrained = None
   if start == 0 and checkpoint_lib.pretrained_source(config.init_from or ""):
@@ -266,6 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if done % config.log_every == 0 or done == config.total_steps:
       averaged = pending.averages()
       averaged["train/steps_per_second"] = (done - last_log[0]) / (time.perf_counter() - last_log[1])
+      averaged[ELAPSED_METRIC] = elapsed_before + time.perf_counter() - run_start
       writer.write(done, averaged)
       progress.set_postfix(loss=f"{averaged.get('train/loss', float('nan')):.4f}")
       last_log = (done, time.perf_counter())

@@ -1,5 +1,5 @@
-"""Pictures: boxes, masks and labels on images, segmentation maps, image grids, PR curves,
-reliability diagrams.
+"""Pictures: boxes, masks and labels on images, segmentation maps, panoptic maps, image
+grids, PR curves, reliability diagrams.
 
 All functions take host numpy arrays, draw with Pillow or matplotlib (Agg backend, no
 display needed), write a PNG and return its path.
@@ -7,6 +7,7 @@ display needed), write a PNG and return its path.
 
 from __future__ import annotations
 
+import colorsys
 import os
 from typing import Sequence
 
@@ -253,3 +254,139 @@ def draw_segmentations(images: np.ndarray, truths: np.ndarray, predictions: np.n
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   canvas.save(path)
   return path
+
+
+def overlay_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5,
+                  colours: np.ndarray | None = None) -> np.ndarray:
+  """Instance masks coloured over a uint8 ``[H, W, 3]`` image, one colour per instance.
+
+  Args:
+    image: uint8 ``[H, W, 3]``.
+    masks: ``[K, H, W]`` bool (or 0/1) instance masks; where several overlap, the later
+      instance's colour is on top.
+    alpha: opacity of the colours.
+    colours: uint8 ``[K, 3]``; default the :func:`class_palette` colours ``1..K``.
+
+  Returns:
+    uint8 ``[H, W, 3]``.
+  """
+  image, masks = np.asarray(image, np.uint8), np.asarray(masks).astype(bool)
+  if masks.ndim != 3 or masks.shape[1:] != image.shape[:2]:
+    raise ValueError(f"masks {masks.shape} must be [K, H, W] masks of the image "
+                     f"{image.shape}.")
+  if colours is None:
+    colours = class_palette(len(masks) + 1)[1:]
+  canvas = image.astype(np.float32)
+  for mask, colour in zip(masks, np.asarray(colours, np.float32)):
+    canvas[mask] = (1.0 - alpha) * canvas[mask] + alpha * colour
+  return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+def _instance_colours(count: int) -> np.ndarray:
+  """uint8 ``[count, 3]`` saturated colours whose hues step by the golden angle, so any
+  few consecutive ones are far apart."""
+  hues = (np.arange(count) * 0.618033988749895 + 0.1) % 1.0
+  colours = np.array([colorsys.hsv_to_rgb(hue, 0.85, 1.0) for hue in hues]).reshape(count, 3)
+  return np.round(colours * 255).astype(np.uint8)
+
+
+def draw_panoptic(image: np.ndarray, panoptic: np.ndarray, segments_info: Sequence[dict],
+                  category_names: Sequence[str], scale: int = 1, alpha: float = 0.6
+                  ) -> np.ndarray:
+  """A panoptic map coloured over its image, with a legend of the categories shown.
+
+  Things are coloured per instance, stuff per class; void pixels (id 0, or an id without
+  a segment) keep the image's colours. Below the image, one legend entry per category
+  present: its swatch (a stuff class's colour, or the colours of the category's instances
+  side by side) and its name, with the instance count of things. The legend has room for
+  every category, so all pictures of one dataset have the same size (they tile into grids).
+
+  Args:
+    image: uint8 ``[H, W, 3]`` (or ``[H, W, 1]``, drawn grey).
+    panoptic: int ``[H, W]`` segment ids.
+    segments_info: the segments, ``{"id", "category_id", "isthing"}`` each (panopticapi).
+    category_names: names, index = ``category_id``.
+    scale: integer enlargement (nearest neighbour) so small images stay readable.
+    alpha: opacity of the segment colours.
+
+  Returns:
+    uint8 ``[H * scale + legend height, W * scale, 3]``.
+  """
+  image, panoptic = np.asarray(image, np.uint8), np.asarray(panoptic)
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  if panoptic.shape != image.shape[:2]:
+    raise ValueError(f"panoptic {panoptic.shape} must be the [H, W] id map of the image "
+                     f"{image.shape}.")
+  for segment in segments_info:
+    if not 0 <= segment["category_id"] < len(category_names):
+      raise ValueError(f"Segment {segment['id']} has category_id {segment['category_id']}, "
+                       f"outside the {len(category_names)} category_names.")
+  stuff_colours = class_palette(len(category_names) + 1)[1:]
+  thing_colours = _instance_colours(sum(bool(s["isthing"]) for s in segments_info))
+  masks, colours, swatches = [], [], {}  # swatches: category -> its segments' colours
+  num_things = 0
+  for segment in segments_info:
+    category = int(segment["category_id"])
+    if segment["isthing"]:
+      colour, num_things = thing_colours[num_things], num_things + 1
+    else:
+      colour = stuff_colours[category]
+    masks.append(panoptic == segment["id"])
+    colours.append(colour)
+    swatches.setdefault(category, []).append(colour)
+  overlay = (overlay_masks(image, np.stack(masks), alpha, np.stack(colours)) if masks
+             else image)
+  overlay = np.repeat(np.repeat(overlay, scale, axis=0), scale, axis=1)
+
+  line, swatch = 14, 10
+  width = overlay.shape[1]
+  entry_width = swatch + 4 + 6 * (max(map(len, category_names), default=0) + 3) + 8
+  columns = max(1, width // entry_width)
+  lines = -(-len(category_names) // columns)
+  canvas = Image.new("RGB", (width, overlay.shape[0] + lines * line + 4), (255, 255, 255))
+  canvas.paste(Image.fromarray(overlay), (0, 0))
+  draw = ImageDraw.Draw(canvas)
+  for slot, category in enumerate(sorted(swatches)):
+    row, column = divmod(slot, columns)
+    x, y = column * entry_width, overlay.shape[0] + 2 + row * line
+    shades = swatches[category][:swatch]  # side by side, one per instance
+    for i, colour in enumerate(shades):
+      draw.rectangle([x + i * swatch // len(shades), y + 2,
+                      x + (i + 1) * swatch // len(shades), y + 2 + swatch],
+                     fill=tuple(int(c) for c in colour))
+    draw.rectangle([x, y + 2, x + swatch, y + 2 + swatch], outline=(0, 0, 0))
+    count = len(swatches[category])
+    name = category_names[category] + (f" x{count}" if count > 1 else "")
+    draw.text((x + swatch + 4, y + 1), name, fill=(0, 0, 0))
+  return np.asarray(canvas)
+
+
+def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, visible: np.ndarray,
+                   skeleton: Sequence[Sequence[int]], colour: tuple[int, int, int],
+                   radius: float = 2.0) -> np.ndarray:
+  """Draws each object's keypoints as dots joined by its skeleton on a uint8 ``[H, W, 3]`` image.
+
+  Args:
+    image: the canvas (already enlarged, if at all: no scaling here).
+    keypoints: ``[N, K, 2+]`` ``(x, y, ...)`` in the canvas's pixels.
+    visible: ``bool[N, K]``: the keypoints to draw (a skeleton edge needs both ends).
+    skeleton: ``(a, b)`` pairs of 0-based keypoint indices to join.
+    colour: RGB of dots and edges.
+    radius: dot radius in pixels.
+
+  Non-finite points are left out, as in :func:`draw_boxes`.
+  """
+  canvas = Image.fromarray(np.asarray(image, np.uint8))
+  draw = ImageDraw.Draw(canvas)
+  points = np.asarray(keypoints, np.float32)[..., :2].reshape(-1, np.shape(keypoints)[1], 2)
+  shown = np.asarray(visible, bool).reshape(points.shape[:2]) & np.isfinite(points).all(-1)
+  for xy, on in zip(points, shown):
+    for a, b in skeleton:
+      if on[a] and on[b]:
+        draw.line([tuple(map(float, xy[a])), tuple(map(float, xy[b]))], fill=colour, width=1)
+    for (x, y), dot in zip(xy, on):
+      if dot:
+        draw.ellipse([float(x) - radius, float(y) - radius, float(x) + radius,
+                      float(y) + radius], fill=colour)
+  return np.asarray(canvas)

@@ -9,7 +9,8 @@ source's channels) and ``image_id`` int32 scalar, plus what the dataset has of:
   (0-based class); ``area`` float32 [N]; ``is_crowd`` bool [N];
 * ``keypoints`` float32 [N, K, 3] ``(x, y, v)`` with COCO visibility (0 unlabeled,
   1 occluded, 2 visible), ``masks`` uint8 [N, H, W] (visible part), ``semantic`` int32
-  [H, W] (0 background, ``label + 1``).
+  [H, W] (0 background, ``label + 1``; with stuff (shapes ``data.stuff_classes = S > 0``)
+  ``label + 1`` on things and ``C + s`` on stuff class ``s = 1..S``, C object classes, no 0).
 
 ``jaxvision.data.sources`` picks a dataset by ``data.name`` and maps its records to
 examples; :func:`build_dataset` generates the embedded shapes dataset it reads.
@@ -47,8 +48,10 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
       ``"tfds:coco/2017"``; bare ``"coco/2017"`` also works), ``"arrays"`` (an .npz), or
       ``"coco_json"`` (COCO-format json files and their images, ``jaxvision.data.coco_json``).
     image_size: Image height and width; other datasets are scaled and padded to it.
-    min_objects, max_objects, num_train, num_validation, num_test, seed, num_keypoints:
-      What the shapes builder generates (see ``shapes.ShapesConfig``); ignored otherwise.
+    min_objects, max_objects, num_train, num_validation, num_test, seed, num_keypoints,
+    stuff_classes: What the shapes builder generates (see ``shapes.ShapesConfig``); ignored
+      otherwise. ``stuff_classes`` (default 0: the plain background) > 0 divides each
+      background into textured "stuff" regions, classes ``shapes.STUFF_NAMES[:S]``.
     data_dir: TFDS data dir; None -> ``$JAXVISION_DATA_DIR``, ``$TFDS_DATA_DIR`` or
       ``~/tensorflow_datasets``.
     path: ``arrays``: the .npz file (``images``, optional ``labels``, ``class_names``).
@@ -84,6 +87,7 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
       "num_test": 1000,
       "seed": 0,
       "num_keypoints": 4,
+      "stuff_classes": 0,
       "data_dir": config_dict.placeholder(str),
       "path": config_dict.placeholder(str),
       "splits": ml_collections.ConfigDict(),
@@ -119,7 +123,9 @@ def shapes_builder_config(data_config: ml_collections.ConfigDict) -> shapes.Shap
       image_size=data_config.image_size, min_objects=data_config.min_objects,
       max_objects=data_config.max_objects, num_train=data_config.num_train,
       num_validation=data_config.num_validation, num_test=data_config.num_test,
-      seed=data_config.seed, num_keypoints=data_config.num_keypoints)
+      seed=data_config.seed, num_keypoints=data_config.num_keypoints,
+      # .get: configs saved before the option existed lack the field.
+      stuff_classes=data_config.get("stuff_classes", 0))
 
 
 def resolve_data_dir(data_dir: str | None) -> str:

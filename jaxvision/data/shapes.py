@@ -29,6 +29,18 @@ Geometry (continuous pixel coordinates, pixel ``(row i, column j)`` covers
   top, right, bottom, left), taken as the centre of a FULL-mask pixel. Visibility follows
   COCO: 2 if that pixel is visible, 1 if it is occluded. A horizontal flip maps keypoint k
   to keypoint ``(-k) mod K`` (:func:`keypoint_flip_permutation`).
+
+Stuff (``ShapesConfig.stuff_classes = S > 0``; default 0 draws exactly what was drawn
+before the option existed, under the same config name): the background is split into
+``2..S`` large connected regions (additively weighted Voronoi cells of random seeds, bent
+by a smooth one-to-one displacement field; each at least ``MIN_STUFF_FRACTION / R`` of the
+image for R regions), each of a distinct stuff class ``s`` (1..S, name
+``STUFF_NAMES[s - 1]``) drawn as that class's texture (stripes, checks, dots, waves, grid,
+noise: period and orientation tell them apart, a horizontal flip keeps them) in two random
+colours, so colour says nothing about the class. Objects ("things") are drawn on top as
+without stuff. The ``stuff_map`` ``[H, W]`` (1..S everywhere, under the objects too) is
+stored; the semantic map is then ``label + 1`` on things and ``len(CLASS_NAMES) + s`` on
+stuff ``s``, with no 0 (:func:`semantic_map`).
 """
 
 from __future__ import annotations
@@ -43,6 +55,9 @@ import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
 CLASS_NAMES = ("square", "circle", "triangle", "star", "cross", "ring")
+# Stuff classes (``ShapesConfig.stuff_classes = S`` uses the first S), each a texture that a
+# horizontal flip maps onto itself, so flipping never changes a pixel's class.
+STUFF_NAMES = ("stripes", "checks", "dots", "waves", "grid", "noise")
 SPLITS = ("train", "validation", "test")
 MIN_OBJECT_SIZE = 8
 MIN_VISIBLE_FRACTION = 0.25
@@ -96,9 +111,14 @@ def keypoint_flip_permutation(num_keypoints: int) -> np.ndarray:
   return (-np.arange(num_keypoints)) % num_keypoints
 
 
-def semantic_map(instance_map: np.ndarray, labels: np.ndarray) -> np.ndarray:
-  """int32 ``[H, W]``: 0 on background, ``labels[i] + 1`` where object ``i`` is on top."""
-  return np.concatenate([[0], labels + 1]).astype(np.int32)[instance_map]
+def semantic_map(instance_map: np.ndarray, labels: np.ndarray,
+                 stuff_map: np.ndarray | None = None) -> np.ndarray:
+  """int32 ``[H, W]``: ``labels[i] + 1`` where object ``i`` is on top; elsewhere 0, or with a
+  ``stuff_map`` (stuff class ``1..S`` per pixel) ``len(CLASS_NAMES) + stuff_map``."""
+  semantic = np.concatenate([[0], labels + 1]).astype(np.int32)[instance_map]
+  if stuff_map is None:
+    return semantic
+  return np.where(instance_map == 0, len(CLASS_NAMES) + stuff_map.astype(np.int32), semantic)
 
 
 def _object_mask(class_name: str, centre: np.ndarray, radius: float, angle: float,
@@ -200,6 +220,132 @@ def _background(rng: np.random.Generator, image_size: int) -> np.ndarray:
   return (weights @ cells @ weights.T).transpose(1, 2, 0)
 
 
+# --- stuff -------------------------------------------------------------------------------
+# Each stuff region covers at least this fraction of an image split into R regions, divided
+# by R: large regions, never slivers.
+MIN_STUFF_FRACTION = 0.4
+_MAX_PARTITION_TRIES = 20
+# Region boundaries: nearest seed point after bending the image by a smooth displacement
+# field of at most this amplitude (in image sizes) on a 4 x 4 grid. Its slope is at most
+# 8 x 0.06 < 1/2 per coordinate, so the bend is one-to-one and regions stay connected.
+_STUFF_WARP = 0.06
+# Seeds' distances are offset by up to this much (additively weighted Voronoi: regions
+# differ in size and get curved, still connected, boundaries).
+_STUFF_SEED_WEIGHT = 0.1
+# The two colours of a region's texture differ at least this much (Euclidean RGB).
+_MIN_TEXTURE_CONTRAST = 80.0
+_TEXTURE_PERIOD_JITTER = 0.1  # periods vary by up to +-10% from region to region
+
+
+def _stuff_texture(name: str, rng: np.random.Generator, image_size: int) -> np.ndarray:
+  """Pattern in [0, 1] of one stuff class (``[S, S]``, or ``[S, 1]`` when constant along
+  rows), with a random phase and a slightly random period (in pixels, so a texture looks
+  alike at every image size).
+
+  Every pattern is mirror-symmetric under a horizontal flip up to its phase, so a flipped
+  image shows the same classes; they differ in period and orientation (the dominant
+  frequencies of their spectra): horizontal stripes (period 6), a checkerboard (period 10,
+  diagonal frequencies), dots on a square lattice (period 6), vertical wavy lines (period
+  7), a grid of thin lines (period 9), and smooth random blobs (no period).
+  """
+  x, y = _pixel_centres(image_size)
+  jitter = rng.uniform(1 - _TEXTURE_PERIOD_JITTER, 1 + _TEXTURE_PERIOD_JITTER)
+  phase_x, phase_y = rng.uniform(0, 1, size=2)
+  if name == "stripes":
+    wave = np.sin(2 * np.pi * (y / (6 * jitter) + phase_y))
+    return np.clip(0.5 + 1.5 * wave, 0, 1)
+  if name == "checks":
+    period = 10 * jitter
+    wave = (np.sin(2 * np.pi * (x / period + phase_x))
+            * np.sin(2 * np.pi * (y / period + phase_y)))
+    return np.clip(0.5 + 2 * wave, 0, 1)
+  if name == "dots":
+    period = 6 * jitter
+    dx = (x / period + phase_x) % 1 - 0.5
+    dy = (y / period + phase_y) % 1 - 0.5
+    return np.clip((0.3 - np.sqrt(dx ** 2 + dy ** 2)) * period, 0, 1)
+  if name == "waves":
+    bend = 1.5 * np.sin(2 * np.pi * (y / 16 + phase_y))
+    wave = np.sin(2 * np.pi * ((x + bend) / (7 * jitter) + phase_x))
+    return np.clip(0.5 + 1.5 * wave, 0, 1)
+  if name == "grid":
+    period = 9 * jitter
+    distance_x = np.abs((x / period + phase_x) % 1 - 0.5) * period
+    distance_y = np.abs((y / period + phase_y) % 1 - 0.5) * period
+    return np.clip(1.75 - np.minimum(distance_x, distance_y), 0, 1)
+  if name == "noise":
+    cells = max(2, round(image_size / 4))
+    weights = _upsampling_matrix(cells, image_size)
+    field = weights @ rng.uniform(-1, 1, (cells, cells)) @ weights.T
+    return np.clip(0.5 + 2 * field, 0, 1)
+  raise ValueError(f"{name!r} is not a stuff class; choose from {STUFF_NAMES}.")
+
+
+def _stuff_partition(rng: np.random.Generator, image_size: int, num_regions: int
+                     ) -> np.ndarray:
+  """int ``[S, S]`` region index ``0..R-1`` of every pixel; each region covers at least
+  ``MIN_STUFF_FRACTION / R`` of the image.
+
+  Seeds are re-drawn while a region is too small; if that keeps failing, the smallest
+  regions of the last draw are merged into their neighbours until each of the R' left
+  covers ``MIN_STUFF_FRACTION / R'`` (fewer, still large, regions; rare).
+  """
+  x, y = _pixel_centres(image_size)
+  weights = _upsampling_matrix(_LOW_CELLS, image_size)
+  min_area = MIN_STUFF_FRACTION / num_regions * image_size ** 2
+  for _ in range(_MAX_PARTITION_TRIES):
+    seeds = rng.uniform(0, 1, size=(num_regions, 2, 1, 1))
+    seed_weights = rng.uniform(-_STUFF_SEED_WEIGHT, _STUFF_SEED_WEIGHT, (num_regions, 1, 1))
+    bend = _STUFF_WARP * (weights @ rng.uniform(-1, 1, (2, _LOW_CELLS, _LOW_CELLS))
+                          @ weights.T)
+    distance = (np.sqrt((x / image_size + bend[0] - seeds[:, 0]) ** 2
+                        + (y / image_size + bend[1] - seeds[:, 1]) ** 2) + seed_weights)
+    regions = np.argmin(distance, axis=0)
+    areas = np.bincount(regions.ravel(), minlength=num_regions)
+    if areas.min() >= min_area:
+      return regions
+  alive = np.ones(num_regions, dtype=bool)
+  while alive.sum() > 1:
+    smallest = np.argmin(np.where(alive, areas, np.iinfo(areas.dtype).max))
+    if areas[smallest] >= MIN_STUFF_FRACTION / alive.sum() * image_size ** 2:
+      break
+    alive[smallest] = False
+    distance[smallest] = np.inf
+    regions = np.argmin(distance, axis=0)
+    areas = np.bincount(regions.ravel(), minlength=num_regions)
+  return regions
+
+
+def _contrasting_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Two uniform random RGB colours at least ``_MIN_TEXTURE_CONTRAST`` apart (re-drawn)."""
+  for _ in range(_MAX_COLOUR_TRIES):
+    first, second = rng.uniform(0, 255, size=(2, 3)).astype(np.float32)
+    if np.linalg.norm(first - second) >= _MIN_TEXTURE_CONTRAST:
+      break
+  return first, second
+
+
+def _stuff_background(rng: np.random.Generator, image_size: int, stuff_classes: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """Float32 ``[S, S, 3]`` background of ``2..stuff_classes`` textured regions (one when
+  ``stuff_classes == 1``) and the uint8 ``[S, S]`` stuff map (class ``1..stuff_classes``).
+
+  Regions get distinct classes; each class's texture is drawn in two random colours, so
+  only the pattern, never the colour, tells the classes apart.
+  """
+  num_regions = int(rng.integers(min(2, stuff_classes), stuff_classes + 1))
+  classes = rng.choice(stuff_classes, size=num_regions, replace=False) + 1
+  regions = _stuff_partition(rng, image_size, num_regions)
+  canvas = np.empty((image_size, image_size, 3), dtype=np.float32)
+  for region, stuff_class in enumerate(classes):
+    inside = regions == region
+    pattern = np.broadcast_to(_stuff_texture(STUFF_NAMES[stuff_class - 1], rng, image_size),
+                              inside.shape)[inside]
+    low, high = _contrasting_pair(rng)
+    canvas[inside] = low + pattern[:, None] * (high - low)
+  return canvas, classes[regions].astype(np.uint8)
+
+
 def _contrasting_colour(rng: np.random.Generator, covered_mean: np.ndarray) -> np.ndarray:
   """A uniform random RGB colour, re-drawn while too close to the colour it covers."""
   for _ in range(_MAX_COLOUR_TRIES):
@@ -210,15 +356,25 @@ def _contrasting_colour(rng: np.random.Generator, covered_mean: np.ndarray) -> n
 
 
 def render_example(rng: np.random.Generator, image_size: int, min_objects: int,
-                   max_objects: int, num_keypoints: int) -> dict[str, np.ndarray]:
+                   max_objects: int, num_keypoints: int, stuff_classes: int = 0
+                   ) -> dict[str, np.ndarray]:
   """Draws one image and its annotations (see the module docstring for conventions).
+
+  ``stuff_classes = 0`` draws exactly what was drawn before stuff existed (same generator
+  calls); ``S > 0`` replaces the background by 2..S textured stuff regions.
 
   Returns:
     ``image`` uint8 [S, S, 3]; ``instance_map`` uint8 [S, S];
     per object (N of them, in drawing order): ``labels`` int32 [N], ``boxes`` float32 [N, 4],
-    ``keypoints`` float32 [N, K, 3], ``area`` float32 [N], ``is_crowd`` bool [N].
+    ``keypoints`` float32 [N, K, 3], ``area`` float32 [N], ``is_crowd`` bool [N];
+    with ``stuff_classes > 0`` also ``stuff_map`` uint8 [S, S] (stuff class 1..S of every
+    pixel, under the objects too).
   """
-  canvas = _background(rng, image_size)
+  stuff_map = None
+  if stuff_classes:
+    canvas, stuff_map = _stuff_background(rng, image_size, stuff_classes)
+  else:
+    canvas = _background(rng, image_size)
   instance_map = np.zeros((image_size, image_size), dtype=np.uint8)
   # Objects are handled as flat pixel indices into these views.
   flat_canvas, flat_instances = canvas.reshape(-1, 3), instance_map.reshape(-1)
@@ -261,7 +417,7 @@ def render_example(rng: np.random.Generator, image_size: int, min_objects: int,
   canvas += noise.astype(np.float32)
   canvas -= _PIXEL_NOISE_OFFSET
   image = np.clip(canvas, 0, 255, out=canvas).astype(np.uint8)
-  return {
+  drawn = {
       "image": image,
       "instance_map": instance_map,
       "labels": labels,
@@ -270,6 +426,9 @@ def render_example(rng: np.random.Generator, image_size: int, min_objects: int,
       "area": np.asarray(visible_areas, dtype=np.float32).reshape(num_objects),
       "is_crowd": np.zeros(num_objects, dtype=bool),
   }
+  if stuff_map is not None:
+    drawn["stuff_map"] = stuff_map
+  return drawn
 
 
 @dataclasses.dataclass(eq=False)
@@ -284,6 +443,10 @@ class ShapesConfig(tfds.core.BuilderConfig):
     seed: Generation seed; example ``i`` of split ``s`` is drawn from
       ``np.random.default_rng([seed, SPLITS.index(s), i])``.
     num_keypoints: Extreme points per object (K).
+    stuff_classes: S: 0 (the default) draws the plain noisy background; ``S > 0`` divides
+      it into 2..S textured regions of the first S ``STUFF_NAMES`` and stores their
+      ``stuff_map``. Part of ``name`` only when > 0, so the default's name (and its cached
+      files) stay as they were.
   """
 
   name: str = dataclasses.field(init=False, default="")
@@ -295,6 +458,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
   num_test: int = 1000
   seed: int = 0
   num_keypoints: int = 4
+  stuff_classes: int = 0
 
   def __post_init__(self):
     if self.image_size < 2 * MIN_OBJECT_SIZE:
@@ -310,9 +474,14 @@ class ShapesConfig(tfds.core.BuilderConfig):
     if self.num_keypoints < 1 or self.seed < 0:
       raise ValueError(f"shapes needs num_keypoints >= 1 and seed >= 0; got "
                        f"num_keypoints={self.num_keypoints}, seed={self.seed}.")
+    if not 0 <= self.stuff_classes <= len(STUFF_NAMES):
+      raise ValueError(f"shapes stuff_classes={self.stuff_classes}; use 0 (no stuff) to "
+                       f"{len(STUFF_NAMES)} (one per texture of {STUFF_NAMES}).")
     self.name = (f"size{self.image_size}_objects{self.min_objects}-{self.max_objects}"
                  f"_keypoints{self.num_keypoints}_train{self.num_train}"
                  f"_validation{self.num_validation}_test{self.num_test}_seed{self.seed}")
+    if self.stuff_classes:
+      self.name += f"_stuff{self.stuff_classes}"
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
@@ -326,8 +495,10 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
                      file_format="array_record")
 
   Stored features: ``image`` (uint8 [S, S, 3], raw bytes), ``image_id`` (index in the
-  split), ``instance_map`` (uint8 [S, S], zlib), and per object ``objects/{label, box,
-  keypoints, area, is_crowd}`` with leading axis N. Examples are stored in generation order.
+  split), ``instance_map`` (uint8 [S, S], zlib), with ``stuff_classes > 0`` ``stuff_map``
+  (uint8 [S, S], zlib, stuff class 1..S of every pixel), and per object ``objects/{label,
+  box, keypoints, area, is_crowd}`` with leading axis N. Examples are stored in generation
+  order.
   """
 
   VERSION = tfds.core.Version("1.0.0")
@@ -339,12 +510,17 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     config: ShapesConfig = self.builder_config
     size, num_keypoints = config.image_size, config.num_keypoints
+    # Only with stuff: the default's features (and so its files) stay as they were.
+    stuff = ({"stuff_map": tfds.features.Tensor(shape=(size, size), dtype=np.uint8,
+                                                encoding="zlib")}
+             if config.stuff_classes else {})
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
         # Keep example i at index i, so image_id == position in the split.
         disable_shuffling=True,
         features=tfds.features.FeaturesDict({
+            **stuff,
             # Raw bytes: the pixel noise makes PNG/zlib gain only ~25% of the size, at
             # ~1 ms per image to encode and ~0.3 ms to decode.
             "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8,
@@ -373,8 +549,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     for index in range(getattr(config, f"num_{split}")):
       rng = np.random.default_rng([config.seed, split_index, index])
       drawn = render_example(rng, config.image_size, config.min_objects, config.max_objects,
-                             config.num_keypoints)
-      yield index, {
+                             config.num_keypoints, config.stuff_classes)
+      example = {
           "image": drawn["image"],
           "image_id": index,
           "instance_map": drawn["instance_map"],
@@ -382,3 +558,6 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
                       "keypoints": drawn["keypoints"], "area": drawn["area"],
                       "is_crowd": drawn["is_crowd"]},
       }
+      if config.stuff_classes:
+        example["stuff_map"] = drawn["stuff_map"]
+      yield index, example

@@ -59,6 +59,11 @@ class SourceMetadata:
       (left/right keypoints swap), for sources with keypoints.
     category_ids: The dataset's own id of each class (index = label), for sources whose
       files number classes otherwise (a COCO json's ``category_id``); None: the label.
+    semantic_class_names: Names of the ``semantic`` map's values (index = value), for
+      sources whose map is not "background" + ``class_names`` (the default, None): shapes
+      with stuff, whose map is ``label + 1`` on things and ``C + s`` on stuff ``s`` (index
+      0, which no pixel holds there, is named ``"void"``).
+    stuff_class_names: The stuff classes ``s = 1..S`` (index ``s - 1``); empty without stuff.
   """
 
   class_names: tuple[str, ...]
@@ -66,6 +71,8 @@ class SourceMetadata:
   features: frozenset[str]
   keypoint_flip_permutation: Callable[[int], np.ndarray] | None = None
   category_ids: tuple[int, ...] | None = None
+  semantic_class_names: tuple[str, ...] | None = None
+  stuff_class_names: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.channels not in (1, 3):
@@ -188,7 +195,9 @@ def shapes_record_to_example(record: Mapping[str, Any], wanted: frozenset[str]) 
       "is_crowd": objects["is_crowd"],
   }
   if "semantic" in wanted:
-    example["semantic"] = shapes.semantic_map(record["instance_map"], objects["label"])
+    # Records of a dataset with stuff hold its map: things on top of stuff, no background.
+    example["semantic"] = shapes.semantic_map(record["instance_map"], objects["label"],
+                                              record.get("stuff_map"))
   if "masks" in wanted:
     object_ids = np.arange(1, len(objects["label"]) + 1, dtype=np.uint8)
     example["masks"] = (record["instance_map"][None] == object_ids[:, None, None]
@@ -208,9 +217,13 @@ class ShapesSource(DataSource):
     self.name = data_config.name
     self._data_config = data_config
     self.splits = shapes.SPLITS
+    stuff_names = shapes.STUFF_NAMES[:data_config.get("stuff_classes", 0)]
     self.metadata = SourceMetadata(
         class_names=shapes.CLASS_NAMES, channels=3, features=frozenset(datasets.FEATURES),
-        keypoint_flip_permutation=shapes.keypoint_flip_permutation)
+        keypoint_flip_permutation=shapes.keypoint_flip_permutation,
+        semantic_class_names=(("void",) + shapes.CLASS_NAMES + stuff_names
+                              if stuff_names else None),
+        stuff_class_names=stuff_names)
 
   @functools.cached_property
   def _builder(self) -> shapes.Shapes:

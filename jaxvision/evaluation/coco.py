@@ -370,10 +370,20 @@ def _parse_detections(detections: Sequence[Mapping[str, Any]], images: _Images,
   if geometry is None:
     geometry = _geometry(detections, image, images, iou_type, "detection")
   if area is None:
-    area = np.asarray(mask_utils.area(geometry), np.float64).reshape(-1)
+    area = _rle_area(geometry)
   count = len(detections)
   return _Instances(image, category, area, score, np.zeros(count, bool), np.zeros(count, bool),
                     np.zeros(count, np.int64), geometry)
+
+
+def _rle_area(rles: Sequence[Mapping[str, Any]]) -> np.ndarray:
+  """``mask_utils.area`` of a list of RLEs as float64 ``[n]``, in chunks of at most 255:
+  pycocotools' ``area`` builds a uint8 array of the list's length first, which overflows
+  under numpy 2 for more than 255 RLEs (e.g. the segm detections of a few images)."""
+  chunk = 255
+  parts = [np.asarray(mask_utils.area(list(rles[i:i + chunk])), np.float64).reshape(-1)
+           for i in range(0, len(rles), chunk)]
+  return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def _box_polygon(box: list[float]) -> list[list[float]]:
@@ -776,7 +786,7 @@ class CocoEvaluator(Evaluator):
     if "area" in batch:
       area = batch["area"][row][gt].astype(np.float64)
     elif self.iou_type == "segm":
-      area = np.asarray(mask_utils.area(gt_geometry) if len(gt) else [], np.float64)
+      area = _rle_area(gt_geometry)
     else:
       area = gt_boxes[:, 2] * gt_boxes[:, 3]
     is_crowd = batch["is_crowd"][row][gt] if "is_crowd" in batch else np.zeros(len(gt), bool)

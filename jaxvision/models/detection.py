@@ -22,6 +22,7 @@ detections use the dataset's ``0..num_classes-1`` class ids.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import chex
@@ -31,8 +32,14 @@ import jax.numpy as jnp
 
 from jaxvision import ops
 from jaxvision.models.fpn import FPN
+from jaxvision.ops.panoptic import combine_panoptic
+from jaxvision.models.keypoint_head import (KeypointHead, heatmaps_to_keypoints,
+                                            keypoint_loss, keypoint_targets)
+from jaxvision.models.panoptic_head import (SemanticFPNHead, check_semantic_upsampler,
+                                            semantic_loss, semantic_targets)
 from jaxvision.models.resnet import build_backbone
-from jaxvision.models.roi_heads import (BACKGROUND, RoIBoxHead, box_head_loss, detect,
+from jaxvision.models.roi_heads import (BACKGROUND, MaskHead, RoIBoxHead, box_head_loss,
+                                        detect, foreground_rois, mask_loss, mask_targets,
                                         pool_rois, roi_targets)
 from jaxvision.models.rpn import (RPN_BOX_LOSSES, RPN_OBJECTNESS_TARGETS, RPNHead,
                                   level_anchors, propose, rpn_loss, rpn_targets)
@@ -89,6 +96,46 @@ class FasterRCNN(nn.Module):
       all sampled anchors, the box loss of an image with few objects is small next to the
       other three; a larger weight trains tighter proposals.
     score_threshold, nms_threshold, max_detections, detection_candidates: inference.
+    mask_head: add Mask R-CNN's mask head (``_mask_losses`` / ``_mask_predictions``): a
+      :class:`~jaxvision.models.roi_heads.MaskHead` on ``mask_pool_size``-square RoIAlign
+      features of the box head's foreground RoIs (training) or of the final detections
+      (inference), ``2 * mask_pool_size``-square per-class mask logits.
+    mask_pool_size: RoIAlign side of the mask head's features (14: 28 x 28 masks).
+    mask_head_channels: width of the mask head's convolutions (256).
+    mask_head_convs: its 3x3 convolutions before the upsampling (4).
+    mask_sampling_ratio: RoIAlign samples per bin per axis of its features (2).
+    mask_target_sampling_ratio: RoIAlign samples per bin per axis of the ground-truth masks
+      resampled into the targets (2; see :func:`~jaxvision.models.roi_heads.mask_targets`).
+    keypoint_head: add Keypoint R-CNN's keypoint head (``_keypoint_losses`` /
+      ``_keypoint_predictions``): a :class:`~jaxvision.models.keypoint_head.KeypointHead`
+      on ``keypoint_pool_size``-square RoIAlign features of the sample's foreground RoIs
+      (training) or of the detections (inference), one heatmap per keypoint.
+    num_keypoints: keypoints per object (K; 17 for COCO persons).
+    keypoint_pool_size: RoIAlign side of the keypoint head's features (14).
+    keypoint_sampling_ratio: RoIAlign samples per bin per axis of its features (2).
+    keypoint_head_channels: width of its 3x3 convolutions (512).
+    keypoint_head_convs: its 3x3 convolutions before the upsampling (8).
+    keypoint_heatmap_size: side of the heatmaps, ``4 * keypoint_pool_size`` (56).
+    keypoint_loss_weight: factor of the ``roi_keypoint`` loss (1, torchvision).
+    semantic_head: add Panoptic FPN's semantic head (``_semantic_losses`` /
+      ``_panoptic_predictions``; needs ``mask_head``): a
+      :class:`~jaxvision.models.panoptic_head.SemanticFPNHead` on ``P2..P5`` predicting
+      "things" (class 0) and ``num_stuff_classes`` stuff classes per pixel, trained on the
+      whole image (loss ``semantic``), merged at inference with the detections' masks into a
+      panoptic map (:func:`~jaxvision.ops.panoptic.combine_panoptic`).
+    num_stuff_classes: S (the semantic head predicts ``S + 1`` classes).
+    semantic_channels: width of the semantic head's stages (128 in Panoptic FPN).
+    semantic_norm: its norm layers (``"group"``, the paper's; ``"batch"``, ``"frozen"``).
+    semantic_upsampler: its 2x / 4x upsamplings, an FCN upsampler (``"bilinear"``, the
+      paper's; ``"nearest"``, ``"bed_of_nails"``, ``"transposed"``).
+    semantic_loss_weight: factor of the ``semantic`` loss (0.5: Panoptic FPN's lambda_s on
+      COCO, detectron2's and mmdetection's setting).
+    panoptic_score_threshold, panoptic_overlap_threshold, panoptic_mask_threshold: the
+      merge's instance filters (0.5 each, detectron2): detections scoring below the first
+      are left out, a mask (binarized at the third) whose fraction already taken by
+      higher-scoring ones exceeds the second is dropped.
+    stuff_area_threshold: a stuff class keeps its region only with at least this many
+      unassigned pixels (4096 on COCO at 800 px, detectron2).
     dtype: compute dtype of the backbone, FPN, RPN head and RoI heads (``jnp.bfloat16``:
       mixed precision). Parameters, BatchNorm statistics, the heads' outputs and everything
       after them (anchors, proposals, RoIAlign coordinates, losses, detections) stay float32.
@@ -131,6 +178,33 @@ class FasterRCNN(nn.Module):
   nms_threshold: float = 0.5
   max_detections: int = 100
   detection_candidates: int = 1000
+  # --- mask head (Mask R-CNN) ---
+  mask_head: bool = False
+  mask_pool_size: int = 14
+  mask_head_channels: int = 256
+  mask_head_convs: int = 4
+  mask_sampling_ratio: int = 2
+  mask_target_sampling_ratio: int = 2
+  # --- keypoint head (Keypoint R-CNN) ---
+  keypoint_head: bool = False
+  num_keypoints: int = 17
+  keypoint_pool_size: int = 14
+  keypoint_sampling_ratio: int = 2
+  keypoint_head_channels: int = 512
+  keypoint_head_convs: int = 8
+  keypoint_heatmap_size: int = 56
+  keypoint_loss_weight: float = 1.0
+  # --- semantic head (Panoptic FPN) ---
+  semantic_head: bool = False
+  num_stuff_classes: int = 0
+  semantic_channels: int = 128
+  semantic_norm: str = "group"
+  semantic_upsampler: str = "bilinear"
+  semantic_loss_weight: float = 0.5
+  panoptic_score_threshold: float = 0.5
+  panoptic_overlap_threshold: float = 0.5
+  panoptic_mask_threshold: float = 0.5
+  stuff_area_threshold: int = 4096
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -159,11 +233,19 @@ class FasterRCNN(nn.Module):
                          "proposal_source='rpn'.")
       self.proposal_refiner = RoIBoxHead(1, self.box_head_hidden, dtype=self.dtype)
     self.box_head = RoIBoxHead(self.num_classes, self.box_head_hidden, dtype=self.dtype)
+    if self.mask_head:
+      self._setup_mask_head()
+    if self.keypoint_head:
+      self._setup_keypoint_head()
+    if self.semantic_head:
+      self._setup_semantic_head()
 
   def __call__(self, images: jax.Array, *, train: bool, gt_boxes: jax.Array | None = None,
                gt_labels: jax.Array | None = None, gt_valid: jax.Array | None = None,
                proposals: jax.Array | None = None,
-               proposal_valid: jax.Array | None = None) -> dict[str, Any]:
+               proposal_valid: jax.Array | None = None, gt_masks: jax.Array | None = None,
+               gt_keypoints: jax.Array | None = None,
+               gt_semantic: jax.Array | None = None) -> dict[str, Any]:
     """Training losses (``train=True``) or detections (``train=False``).
 
     Args:
@@ -174,14 +256,25 @@ class FasterRCNN(nn.Module):
       gt_valid: ``bool[N, G]`` (training).
       proposals: ``[N, P, 4]`` (``proposal_source="data"`` only).
       proposal_valid: ``bool[N, P]`` (``proposal_source="data"`` only).
+      gt_masks: ``[N, G, H, W]`` binary instance masks at image size (training with
+        ``mask_head``).
+      gt_keypoints: ``[N, G, K, 3]`` ``(x, y, visibility)`` (training with ``keypoint_head``).
+      gt_semantic: ``int[N, H, W]`` semantic map (training with ``semantic_head``).
 
     Returns:
       Training: ``{"losses": {name: scalar}, "metrics": {name: scalar}}`` with losses
       ``rpn_objectness, rpn_box`` (RPN mode), ``refine_objectness, refine_box``
-      (``refine_proposals``) and ``roi_classifier, roi_box``.
+      (``refine_proposals``), ``roi_classifier, roi_box`` and ``roi_mask`` (``mask_head``).
       Inference: ``boxes [N, D, 4]``, ``scores [N, D]``, ``classes [N, D]``,
-      ``valid [N, D]`` and the proposals ``proposal_boxes [N, P, 4]``,
+      ``valid [N, D]`` (with ``mask_head`` also ``masks float32[N, D, H, W]``) and the
+      proposals ``proposal_boxes [N, P, 4]``,
       ``proposal_scores [N, P]``, ``proposal_valid [N, P]``.
+      With ``semantic_head`` also the loss ``semantic`` (metric ``semantic_accuracy``) and
+      at inference ``semantic [N, H, W]`` and ``panoptic [N, H, W]``
+      (see ``_panoptic_predictions``).
+      With ``keypoint_head`` also the loss ``roi_keypoint`` (metric
+      ``roi_keypoint_accuracy``) and at inference ``keypoints float32[N, D, K, 3]``
+      (``(x, y, score)`` in pixels).
     """
     chex.assert_rank(images, 4)
     batch_size = images.shape[0]
@@ -198,6 +291,14 @@ class FasterRCNN(nn.Module):
     chex.assert_shape(gt_boxes, (batch_size, None, 4))
     chex.assert_equal_shape([gt_labels, gt_valid])
     truth = {"boxes": gt_boxes, "labels": gt_labels, "valid": gt_valid}
+    for name, value, needed in (("masks", gt_masks, self.mask_head),
+                                ("keypoints", gt_keypoints, self.keypoint_head),
+                                ("semantic", gt_semantic, self.semantic_head)):
+      if needed and value is None:
+        raise ValueError(f"FasterRCNN with its {name} head needs gt_{name} in training.")
+      if needed:
+        chex.assert_equal_shape_prefix([value, gt_boxes], 1)
+        truth[name] = value
     return self._losses(images, truth, proposals, proposal_valid)
 
   def _losses(self, images: jax.Array, truth: dict[str, jax.Array],
@@ -217,7 +318,21 @@ class FasterRCNN(nn.Module):
       metrics.update(refine_metrics)
     roi_batch = self._sample_rois(proposals, proposal_valid, truth, roi_rng)
     box_losses, box_metrics = self._box_head_losses(pyramid, roi_batch)
-    return {"losses": {**losses, **box_losses}, "metrics": {**metrics, **box_metrics}}
+    losses.update(box_losses)
+    metrics.update(box_metrics)
+    # The heads of Mask / Keypoint R-CNN train on the box head's sample; Panoptic FPN's
+    # semantic head on the whole image.
+    for enabled, head_losses in ((self.mask_head, self._mask_losses),
+                                 (self.keypoint_head, self._keypoint_losses)):
+      if enabled:
+        extra_losses, extra_metrics = head_losses(pyramid, roi_batch, truth)
+        losses.update(extra_losses)
+        metrics.update(extra_metrics)
+    if self.semantic_head:
+      extra_losses, extra_metrics = self._semantic_losses(pyramid, image_size, truth)
+      losses.update(extra_losses)
+      metrics.update(extra_metrics)
+    return {"losses": losses, "metrics": metrics}
 
   def _inference(self, images: jax.Array, proposals: jax.Array | None,
                  proposal_valid: jax.Array | None) -> dict[str, jax.Array]:
@@ -229,6 +344,12 @@ class FasterRCNN(nn.Module):
     if self.refine_proposals:
       proposals, _, _ = self._refine(pyramid, image_size, proposals, proposal_valid)
     detections = self._detections(pyramid, image_size, proposals, proposal_valid)
+    if self.mask_head:
+      detections.update(self._mask_predictions(pyramid, image_size, detections))
+    if self.keypoint_head:
+      detections.update(self._keypoint_predictions(pyramid, image_size, detections))
+    if self.semantic_head:
+      detections.update(self._panoptic_predictions(pyramid, image_size, detections))
     return {**detections, "proposal_boxes": proposals, "proposal_scores": proposal_scores,
             "proposal_valid": proposal_valid}
 
@@ -390,3 +511,159 @@ class FasterRCNN(nn.Module):
         score_threshold=self.score_threshold, nms_threshold=self.nms_threshold,
         max_detections=self.max_detections, candidates_per_image=self.detection_candidates))(
             proposals, proposal_valid, logits, deltas)
+
+  # --- mask head (Mask R-CNN) -------------------------------------------------------------
+
+  def _setup_mask_head(self):
+    """Builds the mask head's submodules (called from ``setup``)."""
+    self.mask_head_module = MaskHead(self.num_classes, self.mask_head_channels,
+                                     self.mask_head_convs, dtype=self.dtype)
+
+  def _mask_logits(self, pyramid: dict[str, jax.Array], rois: jax.Array) -> jax.Array:
+    """``[N, R, 4]`` RoIs -> per-class mask logits ``[N, R, M, M, C]``."""
+    return self.mask_head_module(pool_rois(pyramid, rois, self.mask_pool_size,
+                                           self.mask_sampling_ratio))
+
+  def _mask_losses(self, pyramid: dict[str, jax.Array], roi_batch: dict[str, jax.Array],
+                   truth: dict[str, jax.Array]
+                   ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """``({"roi_mask": scalar}, metrics)`` on the sample's foreground RoIs
+    (:func:`~jaxvision.models.roi_heads.foreground_rois`); ``truth["masks"] [N, G, H, W]``.
+
+    The metric ``roi_mask_accuracy``: the fraction of the foreground RoIs' mask pixels
+    whose true-class logit has the sign of the (soft) target thresholded at 0.5.
+    """
+    chex.assert_rank(truth["masks"], 4)
+    # Only the first floor(S * positive_fraction) slots can hold positives: the mask head
+    # (the costliest head per RoI) runs on that slice, not on all S sampled RoIs.
+    positives = foreground_rois(roi_batch, self.roi_positive_fraction)
+    logits = self._mask_logits(pyramid, positives["rois"])
+    targets = jax.vmap(lambda r, i, m: mask_targets(
+        r, i, m, logits.shape[2], sampling_ratio=self.mask_target_sampling_ratio))(
+            positives["rois"], positives["matched_gt"], truth["masks"])
+    loss = mask_loss(logits, positives["classes"], targets, positives["foreground"])
+    channel = jnp.clip(positives["classes"] - 1, 0, self.num_classes - 1)
+    class_logits = jnp.take_along_axis(logits, channel[:, :, None, None, None], -1)[..., 0]
+    correct = ((class_logits > 0) == (targets >= 0.5)).astype(jnp.float32)
+    foreground = positives["foreground"].astype(jnp.float32)
+    accuracy = (jnp.sum(jnp.mean(correct, axis=(2, 3)) * foreground)
+                / jnp.maximum(jnp.sum(foreground), 1.0))
+    return {"roi_mask": loss}, {"roi_mask_accuracy": accuracy}
+
+  def _mask_predictions(self, pyramid: dict[str, jax.Array], image_size: tuple[int, int],
+                        detections: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """``{"masks": float32[N, D, H, W]}``: each detection's mask probability of its class,
+    pasted into the image (``ops.paste_masks``), zero for invalid detections."""
+    boxes, valid = detections["boxes"], detections["valid"]
+    logits = self._mask_logits(pyramid, boxes)
+    class_logits = jnp.take_along_axis(
+        logits, detections["classes"][:, :, None, None, None].astype(jnp.int32), -1)[..., 0]
+    masks = jax.vmap(lambda m, b: ops.paste_masks(m, b, image_size, threshold=None))(
+        jax.nn.sigmoid(class_logits), boxes)
+    return {"masks": jnp.where(valid[:, :, None, None], masks, 0.0)}
+
+  # --- keypoint head (Keypoint R-CNN) -----------------------------------------------------
+
+  def _setup_keypoint_head(self):
+    """Builds the keypoint head's submodules (called from ``setup``)."""
+    if self.num_keypoints < 1:
+      raise ValueError(f"keypoint_head needs num_keypoints >= 1, got {self.num_keypoints}.")
+    # One stride-2 transposed conv and one 2x bilinear upsampling: heatmaps 4x the pool.
+    if self.keypoint_heatmap_size != 4 * self.keypoint_pool_size:
+      raise ValueError(f"keypoint_heatmap_size={self.keypoint_heatmap_size} must be 4 * "
+                       f"keypoint_pool_size={self.keypoint_pool_size} (the head upsamples 4x); "
+                       f"set it to {4 * self.keypoint_pool_size}.")
+    self.keypoint_predictor = KeypointHead(self.num_keypoints, self.keypoint_head_channels,
+                                           self.keypoint_head_convs, dtype=self.dtype)
+
+  def _keypoint_heatmaps(self, pyramid: dict[str, jax.Array], rois: jax.Array) -> jax.Array:
+    """``[N, R, 4]`` RoIs -> heatmap logits ``[N, R, K, S, S]``."""
+    return self.keypoint_predictor(pool_rois(pyramid, rois, self.keypoint_pool_size,
+                                             self.keypoint_sampling_ratio))
+
+  def _keypoint_losses(self, pyramid: dict[str, jax.Array], roi_batch: dict[str, jax.Array],
+                       truth: dict[str, jax.Array]
+                       ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """``({"roi_keypoint": scalar}, metrics)`` on the sample's foreground RoIs;
+    ``truth["keypoints"] [N, G, K, 3]``.
+
+    Each foreground RoI learns the keypoints of the object it was matched to, in its own
+    heatmap cells (:func:`~jaxvision.models.keypoint_head.keypoint_targets`). The metric
+    ``roi_keypoint_accuracy``: the fraction of those keypoints whose heatmap argmax is the
+    target cell.
+    """
+    keypoints = truth["keypoints"]
+    if keypoints.shape[2:] != (self.num_keypoints, 3):
+      raise ValueError(f"gt_keypoints {keypoints.shape} must be [N, G, num_keypoints="
+                       f"{self.num_keypoints}, 3]; set model.num_keypoints to the data's.")
+    positives = foreground_rois(roi_batch, self.roi_positive_fraction)
+    heatmaps = self._keypoint_heatmaps(pyramid, positives["rois"])
+    matched = jnp.take_along_axis(keypoints, positives["matched_gt"][..., None, None], axis=1)
+    targets, valid = jax.vmap(keypoint_targets, in_axes=(0, 0, None))(
+        positives["rois"], matched, self.keypoint_heatmap_size)
+    loss = keypoint_loss(heatmaps, targets, valid, positives["foreground"])
+    counted = valid & positives["foreground"][..., None]
+    hits = jnp.argmax(heatmaps.reshape(heatmaps.shape[:3] + (-1,)), -1) == targets
+    accuracy = jnp.sum(hits & counted) / jnp.maximum(jnp.sum(counted), 1)
+    return ({"roi_keypoint": self.keypoint_loss_weight * loss},
+            {"roi_keypoint_accuracy": accuracy})
+
+  def _keypoint_predictions(self, pyramid: dict[str, jax.Array], image_size: tuple[int, int],
+                            detections: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """``{"keypoints": float32[N, D, K, 3]}``: ``(x, y, score)`` in image pixels (score: the
+    heatmap logit at the keypoint), zero for invalid detections."""
+    boxes = detections["boxes"]
+    heatmaps = self._keypoint_heatmaps(pyramid, boxes)
+    keypoints = jax.vmap(lambda h, b: heatmaps_to_keypoints(h, b, max(image_size)))(
+        heatmaps, boxes)
+    return {"keypoints": jnp.where(detections["valid"][..., None, None], keypoints, 0.0)}
+
+  # --- semantic head (Panoptic FPN) -------------------------------------------------------
+
+  def _setup_semantic_head(self):
+    """Builds the semantic head's submodules (called from ``setup``)."""
+    if not self.mask_head:
+      raise ValueError("semantic_head=True (Panoptic FPN) merges the stuff map with the "
+                       "detections' masks: it needs mask_head=True.")
+    if self.num_stuff_classes < 1:
+      raise ValueError(f"semantic_head=True needs num_stuff_classes >= 1 (the dataset's stuff "
+                       f"classes), got {self.num_stuff_classes}.")
+    check_semantic_upsampler(self.semantic_upsampler)
+    self.semantic_head_module = SemanticFPNHead(
+        self.num_stuff_classes + 1, self.semantic_channels, self.semantic_norm,
+        self.semantic_upsampler, dtype=self.dtype)
+
+  def _semantic_losses(self, pyramid: dict[str, jax.Array], image_size: tuple[int, int],
+                       truth: dict[str, jax.Array]
+                       ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """``({"semantic": scalar}, {"semantic_accuracy": scalar})``; ``truth["semantic"]
+    int[N, H, W]`` (``label + 1`` on things, ``C + s`` on stuff ``s``, other values left out).
+
+    The loss is ``semantic_loss_weight`` times the pixel cross-entropy at image resolution
+    (:func:`~jaxvision.models.panoptic_head.semantic_loss`); the metric is the pixel accuracy
+    of the head's classes (things / each stuff class).
+    """
+    chex.assert_shape(truth["semantic"], (truth["boxes"].shape[0], *image_size))
+    logits = self.semantic_head_module(pyramid, image_size, train=True)
+    targets = semantic_targets(truth["semantic"], self.num_classes, self.num_stuff_classes)
+    loss, accuracy = semantic_loss(logits, targets)
+    return {"semantic": self.semantic_loss_weight * loss}, {"semantic_accuracy": accuracy}
+
+  def _panoptic_predictions(self, pyramid: dict[str, jax.Array], image_size: tuple[int, int],
+                            detections: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """``{"semantic": int32[N, H, W], "panoptic": int32[N, H, W]}``.
+
+    ``semantic`` is the head's argmax (0 things, ``s`` stuff ``s``); ``panoptic`` its merge
+    with the detections' masks (:func:`~jaxvision.ops.panoptic.combine_panoptic`): 0 void,
+    ``d + 1`` detection slot ``d``, ``D + s`` stuff class ``s`` (``D = max_detections``).
+    """
+    logits = self.semantic_head_module(pyramid, image_size, train=False)
+    semantic = jnp.argmax(logits, -1).astype(jnp.int32)
+    merge = functools.partial(
+        combine_panoptic, mask_threshold=self.panoptic_mask_threshold,
+        score_threshold=self.panoptic_score_threshold,
+        overlap_threshold=self.panoptic_overlap_threshold,
+        stuff_area_threshold=self.stuff_area_threshold)
+    panoptic = jax.vmap(merge)(detections["masks"], detections["scores"],
+                               detections["classes"], detections["valid"], semantic)
+    return {"semantic": semantic, "panoptic": panoptic.astype(jnp.int32)}

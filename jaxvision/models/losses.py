@@ -45,3 +45,32 @@ def sigmoid_focal_loss(logits: jax.Array, labels: jax.Array, alpha: float | None
   if alpha is None:
     return loss
   return (alpha * labels + (1 - alpha) * (1 - labels)) * loss
+
+
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int,
+                        class_weights: jax.Array | None = None) -> jax.Array:
+  """Softmax cross-entropy averaged over the scored pixels, optionally class-weighted.
+
+  ``sum_p w[y_p] CE_p / sum_p w[y_p]`` over the pixels whose label is not ``ignore_label``
+  (PyTorch's ``cross_entropy(weight=w, ignore_index=ignore_label)``); 0 when no pixel is
+  scored. Labels outside ``[0, C)`` are not scored either.
+
+  Args:
+    logits: ``[..., C]`` float.
+    labels: int ``[...]``.
+    ignore_label: label of the pixels left out.
+    class_weights: optional ``[C]`` weight of each true class (e.g. inverse frequencies).
+
+  Returns:
+    float32 scalar.
+  """
+  num_classes = logits.shape[-1]
+  scored = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
+  safe_labels = jnp.where(scored, labels, 0)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                          safe_labels)
+  weights = scored.astype(jnp.float32)
+  if class_weights is not None:
+    weights = weights * jnp.asarray(class_weights, jnp.float32)[safe_labels]
+  total = jnp.sum(weights)
+  return jnp.sum(weights * losses) / jnp.where(total > 0, total, 1.0)

@@ -11,9 +11,15 @@ Follows torchvision's ``roi_heads.py`` with every variable-length step made stat
 * detections (:func:`detect`): softmax, per-class decoding, score threshold, per-class NMS,
   the top ``max_detections``, padded with a ``valid`` mask.
 
-Mask and keypoint heads will join the box head here: they pool their own features with
+Mask and keypoint heads join the box head here: they pool their own features with
 :func:`pool_rois` and take their positives from the same :func:`roi_targets` sample as the
-box head (its foreground RoIs and their matched ground truth), as in Mask R-CNN.
+box head (its foreground RoIs and their matched ground truth, :func:`foreground_rois`), as
+in Mask R-CNN:
+
+* the mask head (:class:`MaskHead`, :func:`mask_targets`, :func:`mask_loss`): per-class
+  ``2S x 2S`` mask logits from ``S x S`` pooled features, trained by the sigmoid
+  cross-entropy of the true class's mask against the ground-truth mask RoIAligned inside
+  the RoI.
 
 Conventions: boxes are ``(x1, y1, x2, y2)`` pixels of the model's input image. Class ids
 are :data:`BACKGROUND` (``0``) for background and ``1..num_classes`` for objects inside the
@@ -90,7 +96,9 @@ def roi_targets(proposals: jax.Array, proposal_valid: jax.Array, gt_boxes: jax.A
   Returns:
     ``rois [S, 4]``, ``valid bool[S]`` (False where the image has too few candidates),
     ``classes int32[S]`` (0 background, ``label + 1`` foreground) and
-    ``box_targets [S, 4]`` (meaningful where ``classes > 0``).
+    ``box_targets [S, 4]`` (meaningful where ``classes > 0``) and ``matched_gt int32[S]``
+    (the ground-truth slot of each RoI, meaningful where ``classes > 0``: the object whose
+    mask / keypoints the mask and keypoint heads learn there). Foreground RoIs come first.
   """
   if proposals.shape[0] + gt_boxes.shape[0] < samples_per_image:
     raise ValueError(f"roi_samples_per_image={samples_per_image} exceeds the {proposals.shape[0]} "
@@ -116,7 +124,32 @@ def roi_targets(proposals: jax.Array, proposal_valid: jax.Array, gt_boxes: jax.A
   box_targets = ops.encode_boxes(jnp.where(is_foreground[:, None], matched_boxes, safe_rois),
                                  safe_rois, box_weights)
   return {"rois": safe_rois, "valid": valid, "classes": classes.astype(jnp.int32),
-          "box_targets": box_targets}
+          "box_targets": box_targets, "matched_gt": match.astype(jnp.int32)}
+
+
+def foreground_rois(roi_batch: Mapping[str, jax.Array], positive_fraction: float
+                    ) -> dict[str, jax.Array]:
+  """The slots of a :func:`roi_targets` sample that can hold foreground RoIs.
+
+  :func:`roi_targets` puts the sampled positives first and draws at most
+  ``floor(positive_fraction * S)`` of them, so the first that many slots hold every
+  foreground RoI: the mask and keypoint heads (Mask R-CNN: trained on positives only) run
+  on this static slice instead of all ``S`` RoIs.
+
+  Args:
+    roi_batch: :func:`roi_targets` outputs stacked over the batch (``[N, S, ...]``).
+    positive_fraction: the sampler's ``positive_fraction``.
+
+  Returns:
+    ``rois [N, F, 4]``, ``classes int32[N, F]``, ``matched_gt int32[N, F]`` and
+    ``foreground bool[N, F]`` (the real positives; the rest are background or padding,
+    whose losses the heads weight by zero).
+  """
+  samples = roi_batch["rois"].shape[1]
+  count = max(1, min(samples, int(positive_fraction * samples)))
+  sliced = {k: roi_batch[k][:, :count] for k in ("rois", "classes", "matched_gt", "valid")}
+  sliced["foreground"] = sliced.pop("valid") & (sliced["classes"] > BACKGROUND)
+  return sliced
 
 
 class RoIBoxHead(nn.Module):
@@ -224,3 +257,102 @@ def detect(rois: jax.Array, roi_valid: jax.Array, logits: jax.Array, deltas: jax
           "scores": jnp.where(valid, top_scores[keep], 0.0),
           "classes": jnp.where(valid, classes[keep], 0),
           "valid": valid}
+
+
+class MaskHead(nn.Module):
+  """Mask R-CNN's mask head: ``S x S`` pooled features -> per-class ``2S x 2S`` mask logits.
+
+  Four 3x3 convolutions + ReLU, a 2x2 stride-2 transposed convolution + ReLU, a 1x1
+  convolution to one logit map per class (torchvision ``MaskRCNNHeads`` +
+  ``MaskRCNNPredictor``; with ``S = 14`` the masks are 28 x 28).
+
+  Attributes:
+    num_classes: object classes (without background): one mask per class.
+    channels: width of the convolutions and the transposed convolution (256 for COCO).
+    num_convs: 3x3 convolutions before the upsampling (4).
+    dtype: compute dtype; the logits are float32 whatever it is (loss, sigmoid, pasting).
+  """
+  num_classes: int
+  channels: int = 256
+  num_convs: int = 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, roi_features: jax.Array) -> jax.Array:
+    """``[N, R, S, S, C_in]`` pooled features -> logits ``float32[N, R, 2S, 2S, num_classes]``."""
+    chex.assert_rank(roi_features, 5)
+    leading = roi_features.shape[:2]
+    x = roi_features.reshape((-1,) + roi_features.shape[2:])
+    # torchvision's initialization of the mask head: He normal (fan out), zero biases.
+    init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    for k in range(self.num_convs):
+      x = nn.relu(nn.Conv(self.channels, (3, 3), padding="SAME", kernel_init=init,
+                          dtype=self.dtype, name=f"conv{k + 1}")(x))
+    x = nn.relu(nn.ConvTranspose(self.channels, (2, 2), strides=(2, 2), padding="VALID",
+                                 kernel_init=init, dtype=self.dtype, name="upsample")(x))
+    logits = nn.Conv(self.num_classes, (1, 1), kernel_init=init, dtype=self.dtype,
+                     name="mask_logits")(x)
+    return logits.reshape(leading + logits.shape[1:]).astype(jnp.float32)
+
+
+def mask_targets(rois: jax.Array, matched_gt: jax.Array, gt_masks: jax.Array,
+                 resolution: int, *, sampling_ratio: int = 2, aligned: bool = True
+                 ) -> jax.Array:
+  """One image's mask targets: each RoI's matched ground-truth mask RoIAligned inside it.
+
+  :func:`jaxvision.ops.crop_and_resize_masks` of mask ``matched_gt[f]`` over ``rois[f]``.
+  The pixel model is Detectron2's (``aligned=True``, as its ``BitMasks.crop_and_resize``):
+  pixel ``(i, j)`` covers ``[j, j + 1) x [i, i + 1)``, so a RoI equal to an object's box
+  whose side is ``k * resolution`` pixels, sampled ``k x k`` per bin, gets exactly the
+  ``k x k`` block means of the mask (the mask resampled without a shift). torchvision's
+  ``project_masks_on_boxes`` uses the legacy ``aligned=False`` (a half-pixel shift) and an
+  adaptive, data-dependent sampling ratio; here the ratio is fixed for static shapes.
+  As in torchvision the targets stay soft (fractions in ``[0, 1]`` at the mask's edge;
+  Detectron2 thresholds them at 0.5).
+
+  Args:
+    rois: ``[F, 4]`` RoIs (e.g. :func:`foreground_rois` of one image) in image pixels.
+    matched_gt: ``int[F]`` the ground-truth slot of each RoI.
+    gt_masks: ``[G, H, W]`` binary instance masks at image size (bool / uint8 / float).
+    resolution: static side ``M`` of the targets (28).
+    sampling_ratio: static RoIAlign samples per bin per axis.
+    aligned: the half-pixel model above (False: torchvision's legacy one).
+
+  Returns:
+    ``float32[F, M, M]`` in ``[0, 1]``.
+  """
+  chex.assert_rank([rois, matched_gt, gt_masks], [2, 1, 3])
+  return ops.crop_and_resize_masks(gt_masks, matched_gt, rois, resolution,
+                                   sampling_ratio=sampling_ratio, aligned=aligned)
+
+
+def mask_loss(logits: jax.Array, classes: jax.Array, targets: jax.Array,
+              foreground: jax.Array) -> jax.Array:
+  """Sigmoid cross-entropy of the true class's mask, averaged over foreground RoIs' pixels.
+
+  torchvision's ``maskrcnn_loss``: only the logit map of the RoI's class is trained; every
+  other class's map and every non-foreground RoI (background, padding) weighs zero. The
+  mean runs over all pixels of all foreground RoIs of the batch; without any it is 0.
+
+  Args:
+    logits: ``[N, F, M, M, C]`` per-class mask logits.
+    classes: ``int[N, F]`` RoI classes, ``1..C`` foreground (``0`` background).
+    targets: ``[N, F, M, M]`` mask targets in ``[0, 1]`` (:func:`mask_targets`).
+    foreground: ``bool[N, F]`` the RoIs that count.
+
+  Returns:
+    The scalar loss.
+  """
+  chex.assert_rank([logits, classes, targets, foreground], [5, 2, 4, 2])
+  chex.assert_equal_shape([logits[..., 0], targets])
+  chex.assert_equal_shape([classes, foreground])
+  channel = jnp.clip(classes - 1, 0, logits.shape[-1] - 1)
+  class_logits = jnp.take_along_axis(logits, channel[:, :, None, None, None], axis=-1)[..., 0]
+  weight = foreground.astype(jnp.float32)
+  # Zero the ignored slots' inputs too, so that a non-finite logit there cannot leak a NaN.
+  safe_logits = jnp.where(foreground[..., None, None], class_logits, 0.0)
+  cross_entropy = optax.sigmoid_binary_cross_entropy(safe_logits,
+                                                     targets.astype(jnp.float32))
+  pixels = targets.shape[-2] * targets.shape[-1]
+  return (jnp.sum(cross_entropy * weight[..., None, None])
+          / jnp.maximum(jnp.sum(weight) * pixels, 1.0))

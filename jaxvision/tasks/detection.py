@@ -22,6 +22,16 @@ the same ones. ``method = "synthetic"`` (the default) keeps the jittered boxes a
 choice lives in ``data_proposals`` rather than in ``model.proposal_source`` because the
 model is the same Fast R-CNN either way; only the data step differs.
 Crowd annotations (``is_crowd``) are left out of the training targets, as in torchvision.
+
+Mask R-CNN (``model.mask_head``; ``configs/mask_rcnn_shapes.py``): the loss adds
+``roi_mask``; evaluation adds the twelve COCO mask numbers with the prefix ``segm_``
+(``eval/segm_AP``, ...); ``predict`` and the pictures carry each detection's mask.
+
+Panoptic FPN (``model.semantic_head``, with ``model.mask_head``; ``configs/
+panoptic_fpn_shapes.py``): the semantic head's loss ``semantic`` joins the sum; evaluation
+adds ``PQ, SQ, RQ, PQ_th, SQ_th, RQ_th, PQ_st, SQ_st, RQ_st`` (no prefix) of the merged
+panoptic maps (``jaxvision.evaluation.panoptic.PanopticEvaluator``) against the batches'
+masks and stuff; ``predict`` returns the maps and their ``segments_info``.
 """
 
 from __future__ import annotations
@@ -38,7 +48,9 @@ import numpy as np
 from jaxvision import data as data_lib
 from jaxvision import viz
 from jaxvision.evaluation import coco
+from jaxvision.evaluation.panoptic import PanopticEvaluator
 from jaxvision.data import proposals as proposals_lib
+from jaxvision.ops import panoptic as panoptic_lib
 from jaxvision.models.detection import FasterRCNN, PROPOSAL_SOURCES
 from jaxvision.models.resnet import build_backbone
 from jaxvision.tasks import base
@@ -47,6 +59,8 @@ from jaxvision.tasks import base
 PROPOSAL_METHODS = ("synthetic", "selective_search")
 # Proposals kept per image for ``rpn_AR100``.
 PROPOSALS_FOR_RECALL = 100
+# Mask probabilities at or above this are the object's pixels (Mask R-CNN's 0.5).
+MASK_THRESHOLD = 0.5
 
 
 def synthetic_proposals(boxes: np.ndarray, box_valid: np.ndarray, image_size: int,
@@ -124,12 +138,16 @@ class DetectionEvaluator(base.Evaluator):
 
   def __init__(self, class_names: tuple[str, ...],
                on_result: Callable[[coco.CocoResult], None] | None = None,
-               detections: coco.CocoEvaluator | coco.ReferenceCocoEvaluator | None = None):
+               detections: coco.CocoEvaluator | coco.ReferenceCocoEvaluator | None = None,
+               heads: Mapping[str, base.Evaluator] | None = None):
     """``detections``: the evaluator of the detections; default: against the batches'
-    boxes (``coco.CocoEvaluator``)."""
+    boxes (``coco.CocoEvaluator``). ``heads``: evaluators of the other heads' outputs by
+    metric prefix (``"segm_"``: masks, ``"keypoints_"``: keypoints, ``""``: panoptic), each
+    given every batch whole; their metrics join the box metrics with that prefix."""
     self.detections = (coco.CocoEvaluator(class_names=class_names) if detections is None
                        else detections)
     self.proposals = coco.CocoEvaluator(class_names=("object",))
+    self.heads = dict(heads or {})
     self._on_result = on_result
 
   def add(self, outputs: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> None:
@@ -138,6 +156,8 @@ class DetectionEvaluator(base.Evaluator):
                  "classes": np.zeros(outputs["proposal_valid"].shape, np.int32),
                  "valid": outputs["proposal_valid"]}
     self.proposals.add(proposals, {**batch, "labels": np.zeros_like(batch["labels"])})
+    for evaluator in self.heads.values():
+      evaluator.add(outputs, batch)
 
   def result(self) -> dict[str, float]:
     detailed = self.detections.detailed_result()
@@ -145,6 +165,8 @@ class DetectionEvaluator(base.Evaluator):
       self._on_result(detailed)
     proposals = self.proposals.detailed_result()
     metrics = {**detailed.stats, "rpn_AR100": proposals.stats["AR100"]}
+    for prefix, evaluator in self.heads.items():
+      metrics.update({f"{prefix}{name}": value for name, value in evaluator.result().items()})
     # Recall of the first 100 proposals at single IoU thresholds (all areas): how many
     # objects the RPN finds at all (0.5) and how tightly (0.75).
     max_detections = list(proposals.params.max_detections).index(PROPOSALS_FOR_RECALL)
@@ -190,6 +212,9 @@ class DetectionTask(base.SupervisedTask):
     self._model = self.detector(num_classes=self.num_classes, **model_config)
     self.backbone_module = build_backbone(self._model.backbone, dtype=self.compute_dtype,
                                           **(self._model.backbone_kwargs or {}))
+    self._check_head_features()
+    self.keypoint_sigmas = self._checked_keypoint_sigmas()
+    self._check_semantic_head()
     self._predict = jax.jit(self._forward)
     # Set by ``write_pictures`` (first eval batch), used when that evaluation's result is in.
     self._pr_curve_path: str | None = None
@@ -197,6 +222,81 @@ class DetectionTask(base.SupervisedTask):
   @property
   def model(self) -> FasterRCNN:
     return self._model
+
+  def _check_head_features(self) -> None:
+    """Each head's ground truth must be among ``config.data.features``."""
+    features = set(self.config.data.get("features", ()))
+    for enabled, feature in ((getattr(self._model, "mask_head", False), "masks"),
+                             (getattr(self._model, "keypoint_head", False), "keypoints"),
+                             (getattr(self._model, "semantic_head", False), "semantic")):
+      if enabled and feature not in features:
+        raise ValueError(f"The model's {feature} head trains on {feature!r}; add it to "
+                         f"config.data.features (now {sorted(features)}).")
+
+  def _check_semantic_head(self) -> None:
+    """Panoptic FPN: the mask head's masks and the data's stuff classes, before compiling."""
+    if not getattr(self._model, "semantic_head", False):
+      return
+    if not self._model.mask_head:
+      raise ValueError("config.model.semantic_head=True (Panoptic FPN) merges the stuff map "
+                       "with the detections' masks: set config.model.mask_head=True.")
+    stuff_classes = self.config.data.get("stuff_classes", 0)
+    if stuff_classes < 1:
+      raise ValueError("config.model.semantic_head=True predicts stuff classes: set "
+                       "config.data.stuff_classes > 0 (the shapes dataset's textured "
+                       "background regions).")
+    if self._model.num_stuff_classes != stuff_classes:
+      raise ValueError(f"config.model.num_stuff_classes={self._model.num_stuff_classes} must "
+                       f"equal config.data.stuff_classes={stuff_classes}.")
+
+  @property
+  def stuff_names(self) -> tuple[str, ...]:
+    """The source's stuff classes ``s = 1..S`` (index ``s - 1``; empty without stuff)."""
+    return tuple(self.source.metadata.stuff_class_names)
+
+  @property
+  def panoptic_category_names(self) -> tuple[str, ...]:
+    """Names by panoptic category id: thing class ``c`` -> ``c``, stuff ``s`` -> ``C + s - 1``."""
+    return tuple(self.class_names) + self.stuff_names
+
+  def panoptic_segments(self, panoptic: np.ndarray, classes: np.ndarray
+                        ) -> list[list[dict[str, Any]]]:
+    """panopticapi ``segments_info`` of each image's panoptic map (host side).
+
+    Args:
+      panoptic: int ``[B, H, W]`` maps of :meth:`predict` (0 void, ``d + 1`` detection slot
+        ``d``, ``D + s`` stuff class ``s``).
+      classes: int ``[B, D]`` the detections' classes.
+
+    Returns:
+      Per image ``[{"id", "category_id", "isthing"}, ...]``; ``category_id`` indexes
+      :attr:`panoptic_category_names`.
+    """
+    classes = np.asarray(classes)
+    return [panoptic_lib.segments_info(image_map, image_classes, classes.shape[1],
+                                       self.num_classes)
+            for image_map, image_classes in zip(np.asarray(panoptic), classes)]
+
+  def _checked_keypoint_sigmas(self) -> np.ndarray | None:
+    """``config.keypoint_sigmas`` of a model with the keypoint head: the OKS sigma of each
+    keypoint (COCO's per-keypoint constants; 0.05 for every shapes keypoint)."""
+    if not getattr(self._model, "keypoint_head", False):
+      return None
+    sigmas = self.config.get("keypoint_sigmas")
+    count = self._model.num_keypoints
+    if sigmas is None:
+      raise ValueError(f"The keypoint head's evaluation (OKS) needs config.keypoint_sigmas: "
+                       f"one positive sigma per keypoint ({count}; COCO's persons: "
+                       "jaxvision.evaluation.coco.COCO_KEYPOINT_SIGMAS).")
+    sigmas = np.asarray(sigmas, np.float64).reshape(-1)
+    if len(sigmas) != count or not np.all(sigmas > 0):
+      raise ValueError(f"config.keypoint_sigmas must be {count} positive numbers (one per "
+                       f"keypoint, model.num_keypoints); got {sigmas.tolist()}.")
+    skeleton = np.asarray(self.config.get("keypoint_skeleton", ()), np.int64).reshape(-1, 2)
+    if skeleton.size and (skeleton.min() < 0 or skeleton.max() >= count):
+      raise ValueError(f"config.keypoint_skeleton pairs keypoint indices 0..{count - 1} "
+                       f"(0-based); got {skeleton.tolist()}.")
+    return sigmas
 
   # --- data ----------------------------------------------------------------------------
 
@@ -251,6 +351,16 @@ class DetectionTask(base.SupervisedTask):
     return self._model.init(rng, self.normalize(jnp.asarray(batch["image"])), train=False,
                             **self._proposal_inputs(batch))
 
+  def _head_truth(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The ground truth of the mask / keypoint / semantic heads the model has."""
+    truth = {}
+    for enabled, feature in ((getattr(self._model, "mask_head", False), "masks"),
+                             (getattr(self._model, "keypoint_head", False), "keypoints"),
+                             (getattr(self._model, "semantic_head", False), "semantic")):
+      if enabled:
+        truth[f"gt_{feature}"] = batch[feature]
+    return truth
+
   def loss_fn(self, params, model_state, batch, rng):
     gt_valid = batch["box_valid"]
     if "is_crowd" in batch:
@@ -258,7 +368,8 @@ class DetectionTask(base.SupervisedTask):
     outputs, new_state = self._model.apply(
         {"params": params, **model_state}, self.normalize(batch["image"]), train=True,
         gt_boxes=batch["boxes"], gt_labels=batch["labels"], gt_valid=gt_valid,
-        **self._proposal_inputs(batch), rngs={"sampling": rng}, mutable=["batch_stats"])
+        **self._proposal_inputs(batch), **self._head_truth(batch), rngs={"sampling": rng},
+        mutable=["batch_stats"])
     losses = outputs["losses"]
     loss = sum(losses.values())
     return loss, ({**losses, **outputs["metrics"]}, new_state)
@@ -268,6 +379,10 @@ class DetectionTask(base.SupervisedTask):
                                 **proposal_inputs)
     for name in ("proposal_boxes", "proposal_scores", "proposal_valid"):
       outputs[name] = outputs[name][:, :PROPOSALS_FOR_RECALL]
+    if "masks" in outputs:
+      # Thresholded on the device (Mask R-CNN's 0.5): bool [N, D, H, W] is a quarter of the
+      # probabilities to copy to the host and gather for evaluation.
+      outputs["masks"] = outputs["masks"] >= MASK_THRESHOLD
     return outputs
 
   def eval_outputs(self, variables, batch):
@@ -275,7 +390,28 @@ class DetectionTask(base.SupervisedTask):
 
   def make_evaluator(self) -> DetectionEvaluator:
     return DetectionEvaluator(self.class_names, on_result=self._write_pr_curves,
-                              detections=self._reference_evaluator())
+                              detections=self._reference_evaluator(),
+                              heads=self._head_evaluators())
+
+  def _head_evaluators(self) -> dict[str, base.Evaluator]:
+    """Evaluators of the mask / keypoint / panoptic outputs, by metric prefix."""
+    heads = {}
+    if getattr(self._model, "mask_head", False):
+      # The twelve COCO numbers of the masks: eval/segm_AP, segm_AP50, ...
+      heads["segm_"] = coco.CocoEvaluator(class_names=self.class_names, iou_type="segm")
+    if getattr(self._model, "keypoint_head", False):
+      # The ten COCO keypoint numbers (OKS with config.keypoint_sigmas): eval/keypoints_AP, ...
+      heads["keypoints_"] = coco.CocoEvaluator(class_names=self.class_names,
+                                               iou_type="keypoints",
+                                               keypoint_sigmas=self.keypoint_sigmas)
+    if getattr(self._model, "semantic_head", False):
+      if len(self.stuff_names) != self._model.num_stuff_classes:
+        raise ValueError(f"config.model.num_stuff_classes={self._model.num_stuff_classes} but "
+                         f"the data source has the stuff classes {self.stuff_names}.")
+      # Panoptic quality of the merged maps: eval/PQ, SQ, RQ, PQ_th, ..., RQ_st.
+      heads[""] = PanopticEvaluator(self.class_names, self.stuff_names,
+                                    ignore_label=self.config.data.ignore_label)
+    return heads
 
   def _reference_evaluator(self) -> coco.ReferenceCocoEvaluator | None:
     """Sources with their own COCO ground truth (``coco_json``) are scored against it, in
@@ -302,6 +438,14 @@ class DetectionTask(base.SupervisedTask):
     except on selective search, whose proposals are searched here when not given.
     With ``data.name = "coco_json"`` also ``category_ids [B, D]``: the json's category id
     of each class (``coco_json.original_boxes`` maps the boxes to an original image).
+    With the mask head also ``masks bool[B, D, H, W]``: each detection's mask pasted into
+    the image and thresholded at ``MASK_THRESHOLD`` (all False for invalid detections).
+    With the semantic head (Panoptic FPN) also ``panoptic int32[B, H, W]``, the merged map
+    (0 void, ``d + 1`` detection slot ``d``, ``D + s`` stuff class ``s``), and
+    ``segments_info``, a host-side list per image of panopticapi segments ``{"id",
+    "category_id", "isthing"}`` for the ids present (categories: thing class ``c`` -> ``c``,
+    stuff ``s`` -> ``C + s - 1``, named by ``panoptic_category_names``).
+    With the keypoint head also ``keypoints [B, D, K, 3]``: ``(x, y, score)`` in pixels.
     """
     base.validate_images(images, self.image_shape, "predict")
     proposal_inputs = {}
@@ -316,6 +460,14 @@ class DetectionTask(base.SupervisedTask):
                          "proposal_valid": jnp.asarray(proposal_valid)}
     outputs = self._predict(variables, jnp.asarray(images), proposal_inputs)
     detections = {k: outputs[k] for k in ("boxes", "scores", "classes", "valid")}
+    if "masks" in outputs:
+      detections["masks"] = outputs["masks"]
+    if "keypoints" in outputs:
+      detections["keypoints"] = outputs["keypoints"]
+    if "panoptic" in outputs:
+      detections["panoptic"] = outputs["panoptic"]
+      detections["segments_info"] = self.panoptic_segments(outputs["panoptic"],
+                                                           outputs["classes"])
     # Only then is the source built: other sources may need data a notebook lacks.
     if self.config.data.name == data_lib.coco_json.NAME:
       detections["category_ids"] = jnp.asarray(
@@ -335,6 +487,10 @@ class DetectionTask(base.SupervisedTask):
   def write_pictures(self, variables, batch, outputs, directory, step) -> list[str]:
     """Ground truth (green) and detections scoring at least 0.5 (red) on held-out images.
 
+    With the mask head, each shown detection's mask is coloured over the image first, one
+    colour per instance. With the semantic head, a second picture: the true and predicted
+    panoptic maps of each image side by side, with a legend of the categories shown.
+
     The per-class PR curves of the same evaluation follow once its result is computed.
     """
     del variables
@@ -344,13 +500,52 @@ class DetectionTask(base.SupervisedTask):
     images = []
     for i in range(count):
       valid = np.asarray(batch["box_valid"][i], bool)
-      image = viz.draw_boxes(batch["image"][i], batch["boxes"][i][valid],
+      shown = np.asarray(outputs["valid"][i], bool) & (outputs["scores"][i] >= 0.5)
+      image = batch["image"][i]
+      if "masks" in outputs:
+        image = viz.overlay_masks(image, np.asarray(outputs["masks"][i])[shown])
+      image = viz.draw_boxes(image, batch["boxes"][i][valid],
                              [self.class_names[int(c)] for c in batch["labels"][i][valid]],
                              viz.TRUE_COLOUR, scale)
-      shown = np.asarray(outputs["valid"][i], bool) & (outputs["scores"][i] >= 0.5)
       captions = [f"{self.class_names[int(c)]} {s:.2f}"
                   for c, s in zip(outputs["classes"][i][shown], outputs["scores"][i][shown])]
-      images.append(viz.draw_boxes(image, outputs["boxes"][i][shown] * scale, captions,
-                                   viz.PREDICTED_COLOUR))
-    return [viz.save_image_grid(images, os.path.join(directory,
-                                                     f"step_{step:07d}_detections.png"))]
+      image = viz.draw_boxes(image, outputs["boxes"][i][shown] * scale, captions,
+                             viz.PREDICTED_COLOUR)
+      if "keypoints" in outputs:
+        image = self._draw_keypoints(image, batch["keypoints"][i][valid],
+                                     outputs["keypoints"][i][shown], scale)
+      images.append(image)
+    paths = [viz.save_image_grid(images, os.path.join(directory,
+                                                      f"step_{step:07d}_detections.png"))]
+    if "panoptic" in outputs:
+      paths.append(self._write_panoptic_pictures(batch, outputs, count, scale, directory, step))
+    return paths
+
+  def _draw_keypoints(self, image: np.ndarray, truth: np.ndarray, predicted: np.ndarray,
+                      scale: int) -> np.ndarray:
+    """True (labeled) and predicted keypoints joined by ``config.keypoint_skeleton``."""
+    skeleton = [tuple(pair) for pair in self.config.get("keypoint_skeleton", ())]
+    truth, predicted = np.asarray(truth, np.float32), np.asarray(predicted, np.float32)
+    image = viz.draw_keypoints(image, truth[..., :2] * scale, truth[..., 2] > 0, skeleton,
+                               viz.TRUE_COLOUR)
+    return viz.draw_keypoints(image, predicted[..., :2] * scale,
+                              np.ones(predicted.shape[:2], bool), skeleton,
+                              viz.PREDICTED_COLOUR)
+
+  def _write_panoptic_pictures(self, batch, outputs, count: int, scale: int, directory: str,
+                               step: int) -> str:
+    """True and predicted panoptic maps side by side over each image, with their legends."""
+    truth = PanopticEvaluator(self.class_names, self.stuff_names,
+                              ignore_label=self.config.data.ignore_label)
+    predictions = self.panoptic_segments(outputs["panoptic"][:count], outputs["classes"][:count])
+    names = self.panoptic_category_names
+    pictures = []
+    for i in range(count):
+      true_map, true_segments = truth.ground_truth(batch, i)
+      true_segments = [{**segment, "isthing": segment["category_id"] < self.num_classes}
+                       for segment in true_segments]
+      pictures.append(viz.draw_panoptic(batch["image"][i], true_map, true_segments, names, scale))
+      pictures.append(viz.draw_panoptic(batch["image"][i], np.asarray(outputs["panoptic"][i]),
+                                        predictions[i], names, scale))
+    return viz.save_image_grid(pictures, os.path.join(directory, f"step_{step:07d}_panoptic.png"),
+                               columns=4)

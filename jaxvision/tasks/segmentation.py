@@ -1,11 +1,13 @@
 """Task ``semantic_segmentation``: a class for every pixel, an FCN or the sliding-window baseline.
 
 Classes are ``"background"`` plus the data source's classes (the shapes dataset's
-``semantic`` map: 0 background, ``label + 1`` on an object), or ``model.class_names`` when
-the config names them (PASCAL VOC's 21). Pixels labelled ``data.ignore_label`` (letterbox
-padding, and with ``model.boundary_ignore_width > 0`` a band around every class boundary,
-marked on the host in :meth:`SemanticSegmentationTask.preprocess`) are neither trained on nor
-scored.
+``semantic`` map: 0 background, ``label + 1`` on an object), the source's own semantic
+classes when it names them (shapes with ``data.stuff_classes = S > 0``: ``"void"``, unused,
+then the C things and the S stuff classes, ``C + s`` on stuff ``s``), or
+``model.class_names`` when the config names them (PASCAL VOC's 21). Pixels labelled
+``data.ignore_label`` (letterbox padding, and with ``model.boundary_ignore_width > 0`` a band
+around every class boundary, marked on the host in
+:meth:`SemanticSegmentationTask.preprocess`) are neither trained on nor scored.
 
 Models (``model.name``):
 
@@ -37,13 +39,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from numpy.lib.stride_tricks import sliding_window_view
 
 from jaxvision import viz
 from jaxvision.data import transforms
 from jaxvision.evaluation.segmentation import SegmentationEvaluator
 from jaxvision.models import fcn
+from jaxvision.models.losses import pixel_cross_entropy
 from jaxvision.models.resnet import build_backbone
 from jaxvision.tasks import base
 
@@ -56,35 +58,6 @@ _MODEL_FIELDS = {
 }
 AUGMENT_DEFAULTS = {"random_resized_crop": False, "crop_scale": (0.5, 1.0),
                     "crop_ratio": (3 / 4, 4 / 3)}
-
-
-def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int,
-                        class_weights: jax.Array | None = None) -> jax.Array:
-  """Softmax cross-entropy averaged over the scored pixels, optionally class-weighted.
-
-  ``sum_p w[y_p] CE_p / sum_p w[y_p]`` over the pixels whose label is not ``ignore_label``
-  (PyTorch's ``cross_entropy(weight=w, ignore_index=ignore_label)``); 0 when no pixel is
-  scored. Labels outside ``[0, C)`` are not scored either.
-
-  Args:
-    logits: ``[..., C]`` float.
-    labels: int ``[...]``.
-    ignore_label: label of the pixels left out.
-    class_weights: optional ``[C]`` weight of each true class (e.g. inverse frequencies).
-
-  Returns:
-    float32 scalar.
-  """
-  num_classes = logits.shape[-1]
-  scored = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
-  safe_labels = jnp.where(scored, labels, 0)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                          safe_labels)
-  weights = scored.astype(jnp.float32)
-  if class_weights is not None:
-    weights = weights * jnp.asarray(class_weights, jnp.float32)[safe_labels]
-  total = jnp.sum(weights)
-  return jnp.sum(weights * losses) / jnp.where(total > 0, total, 1.0)
 
 
 def boundary_band(semantic: np.ndarray, width: int, ignore_label: int) -> np.ndarray:
@@ -174,10 +147,13 @@ class SemanticSegmentationTask(base.SupervisedTask):
   # --- classes and model ---------------------------------------------------------------
   @property
   def class_names(self) -> tuple[str, ...]:
-    """``model.class_names`` when set, else ``"background"`` + the source's classes."""
+    """``model.class_names`` when set, else the source's semantic classes (default
+    ``"background"`` + its classes; shapes with stuff: things then stuff)."""
     names = self.config.model.get("class_names", None)
     if names:
       return tuple(names)
+    if self.source.metadata.semantic_class_names is not None:
+      return tuple(self.source.metadata.semantic_class_names)
     return ("background",) + tuple(self.source.metadata.class_names)
 
   @functools.cached_property
