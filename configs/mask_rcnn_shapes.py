@@ -47,5 +47,5 @@ def get_config(arg=None):
   config.model.mask_sampling_ratio = 1  # one RoIAlign sample per bin (see above)
   config.model.mask_target_sampling_ratio = 2
   if arg == "quick":
-    config.model.mask_head_channels = 8
+    config.model.mask_head_channels = 16
   return config
