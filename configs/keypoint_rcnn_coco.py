@@ -7,8 +7,8 @@
       --config.data.image_root.validation=val2017
 
 torchvision's ``keypointrcnn_resnet50_fpn`` (Detectron's 1x schedule): the Faster R-CNN
-R50-FPN of ``faster_rcnn_coco.py`` with one object class, person, and the keypoint head:
-14 x 14 RoIAlign (2 samples per bin) of each positive RoI, eight 3 x 3 convolutions of 512
+R50-FPN of ``faster_rcnn_coco_json.py`` (imported, not copied) with one object class,
+person, and the keypoint head: 14 x 14 RoIAlign (2 samples per bin) of each positive RoI, eight 3 x 3 convolutions of 512
 channels, a stride-2 transposed convolution and 2x bilinear upsampling to 56 x 56 heatmaps
 of the 17 COCO person keypoints, softmax cross-entropy over each heatmap (``roi_keypoint``,
 weight 1). 90k iterations at 16 images per step, SGD 0.02 with momentum 0.9, a 1000-step
@@ -26,15 +26,9 @@ train the box head; their keypoint targets count nothing). Set ``init_from`` to 
 ImageNet-trained ResNet-50 (e.g. ``torchvision:<resnet50 .pth>``).
 """
 
-import ml_collections
-from ml_collections import config_dict
-
-from jaxvision.data import data_config
+from jaxvision import config_files
 from jaxvision.evaluation.coco import COCO_KEYPOINT_SIGMAS
-from jaxvision.optim import default_optimizer_config
 
-TOTAL_STEPS = 90_000
-SPLITS = ("train", "validation")
 # The 17 keypoints of COCO's person category, in the json's order.
 COCO_PERSON_KEYPOINTS = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
@@ -46,60 +40,22 @@ COCO_PERSON_SKELETON = tuple((a - 1, b - 1) for a, b in (
     (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7)))
 
 
-def _per_split() -> ml_collections.ConfigDict:
-  """split -> path, unset: given on the command line."""
-  return ml_collections.ConfigDict({split: config_dict.placeholder(str) for split in SPLITS})
-
-
 def get_config(arg=None):
-  config = ml_collections.ConfigDict()
-  config.task = "detection"
-  config.seed = 0
-  config.total_steps = TOTAL_STEPS
-  config.batch_size = 16
-  config.eval_every = 10_000
-  config.checkpoint_every = 5_000
-  config.log_every = 100
-  config.keep_checkpoints = 3
-  config.init_from = ""
-  config.eval_split = "validation"
-  config.num_pictures = 8
-
-  config.data = data_config(name="coco_json", image_size=1024, max_boxes=100,
-                            annotations=_per_split(), image_root=_per_split(),
-                            features=("image", "boxes", "labels", "area", "is_crowd",
-                                      "keypoints"))
-
-  config.model = ml_collections.ConfigDict(dict(
-      num_classes=1,  # person
-      backbone="resnet50",
-      backbone_kwargs=ml_collections.ConfigDict(dict(stem="imagenet", norm="frozen")),
-      fpn_channels=256,
-      proposal_source="rpn",
-      anchor_sizes=(32.0, 64.0, 128.0, 256.0, 512.0),
-      aspect_ratios=(0.5, 1.0, 2.0),
-      rpn_samples_per_image=256, rpn_positive_fraction=0.5,
-      rpn_objectness_target="binary",
-      rpn_pre_nms_top_n_train=2000, rpn_pre_nms_top_n_test=1000,
-      rpn_post_nms_top_n_train=2000, rpn_post_nms_top_n_test=1000,
-      roi_samples_per_image=512, roi_positive_fraction=0.25,
-      box_head_hidden=1024,
-      max_detections=100, detection_candidates=2000,
-      keypoint_head=True,
-      num_keypoints=len(COCO_PERSON_KEYPOINTS),
-      keypoint_pool_size=14, keypoint_heatmap_size=56, keypoint_sampling_ratio=2,
-      keypoint_head_channels=512, keypoint_head_convs=8, keypoint_loss_weight=1.0,
-      dtype="float32"))  # compute dtype: "float32" | "bfloat16" (params stay float32)
-  config.keypoint_sigmas = tuple(float(s) for s in COCO_KEYPOINT_SIGMAS)
-  config.keypoint_skeleton = COCO_PERSON_SKELETON
-  config.data_proposals = ml_collections.ConfigDict(dict(
-      num_proposals=2000, jittered_per_object=10, jitter=0.25))
-
-  config.optimizer = default_optimizer_config(
-      name="sgd", learning_rate=0.02, momentum=0.9, weight_decay=1e-4, warmup_steps=1000,
-      schedule="step", decay_boundaries=(60_000 / TOTAL_STEPS, 80_000 / TOTAL_STEPS),
-      decay_factor=0.1, freeze_regex=r"^backbone/(stem_|stage1_)")
-
   if arg:
     raise ValueError(f"keypoint_rcnn_coco has no variant {arg!r}; the tests build it as is.")
+  # The Faster R-CNN R50-FPN recipe on coco_json (imported, not copied), one class: person.
+  config = config_files.sibling(__file__, "faster_rcnn_coco_json").get_config()
+  config.data.features = tuple(config.data.features) + ("keypoints",)
+  config.model.num_classes = 1  # person
+  config.model.keypoint_head = True
+  config.model.num_keypoints = len(COCO_PERSON_KEYPOINTS)
+  config.model.keypoint_pool_size = 14  # 56 x 56 heatmaps
+  config.model.keypoint_heatmap_size = 56
+  config.model.keypoint_sampling_ratio = 2
+  config.model.keypoint_head_channels = 512
+  config.model.keypoint_head_convs = 8
+  config.model.keypoint_loss_weight = 1.0
+  config.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (params stay float32)
+  config.keypoint_sigmas = tuple(float(s) for s in COCO_KEYPOINT_SIGMAS)
+  config.keypoint_skeleton = COCO_PERSON_SKELETON
   return config
