@@ -8,14 +8,15 @@
 
 torchvision's ``keypointrcnn_resnet50_fpn`` (Detectron's 1x schedule): the Faster R-CNN
 R50-FPN of ``faster_rcnn_coco_json.py`` (imported, not copied) with one object class,
-person, and the keypoint head: 14 x 14 RoIAlign (2 samples per bin) of each positive RoI, eight 3 x 3 convolutions of 512
-channels, a stride-2 transposed convolution and 2x bilinear upsampling to 56 x 56 heatmaps
-of the 17 COCO person keypoints, softmax cross-entropy over each heatmap (``roi_keypoint``,
-weight 1). 90k iterations at 16 images per step, SGD 0.02 with momentum 0.9, a 1000-step
-warmup, x0.1 at 60k and 80k, weight decay 1e-4, frozen batch norm, stem and first stage
-frozen, horizontal flips that swap left and right keypoints (the ``coco_json`` source's
-flip permutation, from the json's keypoint names). Evaluation: the box numbers and the ten
-COCO keypoint numbers ``eval/keypoints_AP, ...`` with COCO's per-keypoint OKS sigmas.
+person, and the keypoint head: 14 x 14 RoIAlign (2 samples per bin) of each positive RoI,
+eight 3 x 3 convolutions of 512 channels, a stride-2 transposed convolution and 2x bilinear
+upsampling to 56 x 56 heatmaps of the 17 COCO person keypoints, softmax cross-entropy over
+each heatmap (``roi_keypoint``, weight 1). 90k iterations at 16 images per step, SGD 0.02
+with momentum 0.9, a 1000-step warmup, x0.1 at 60k and 80k, weight decay 1e-4, frozen batch
+norm, stem and first stage frozen, horizontal flips that swap left and right keypoints (the
+``coco_json`` source's flip permutation, from the json's keypoint names). Evaluation: the
+box numbers and the ten COCO keypoint numbers ``eval/keypoints_AP, ...`` with COCO's
+per-keypoint OKS sigmas.
 
 The data is read from COCO's own ``person_keypoints_*.json`` files (``data.name =
 "coco_json"``; TFDS's ``coco/2017`` has no keypoints); the evaluation's boxes are scored
