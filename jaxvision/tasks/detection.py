@@ -223,13 +223,17 @@ class DetectionTask(base.SupervisedTask):
   def model(self) -> FasterRCNN:
     return self._model
 
+  def _head_features(self) -> list[str]:
+    """The batch features the model's mask / keypoint / semantic heads train on."""
+    heads = (("mask_head", "masks"), ("keypoint_head", "keypoints"), ("semantic_head", "semantic"))
+    # getattr: subclasses' detectors (RetinaNet) have none of these heads.
+    return [feature for head, feature in heads if getattr(self._model, head, False)]
+
   def _check_head_features(self) -> None:
     """Each head's ground truth must be among ``config.data.features``."""
     features = set(self.config.data.get("features", ()))
-    for enabled, feature in ((getattr(self._model, "mask_head", False), "masks"),
-                             (getattr(self._model, "keypoint_head", False), "keypoints"),
-                             (getattr(self._model, "semantic_head", False), "semantic")):
-      if enabled and feature not in features:
+    for feature in self._head_features():
+      if feature not in features:
         raise ValueError(f"The model's {feature} head trains on {feature!r}; add it to "
                          f"config.data.features (now {sorted(features)}).")
 
@@ -353,13 +357,7 @@ class DetectionTask(base.SupervisedTask):
 
   def _head_truth(self, batch: Mapping[str, Any]) -> dict[str, Any]:
     """The ground truth of the mask / keypoint / semantic heads the model has."""
-    truth = {}
-    for enabled, feature in ((getattr(self._model, "mask_head", False), "masks"),
-                             (getattr(self._model, "keypoint_head", False), "keypoints"),
-                             (getattr(self._model, "semantic_head", False), "semantic")):
-      if enabled:
-        truth[f"gt_{feature}"] = batch[feature]
-    return truth
+    return {f"gt_{feature}": batch[feature] for feature in self._head_features()}
 
   def loss_fn(self, params, model_state, batch, rng):
     gt_valid = batch["box_valid"]
