@@ -56,6 +56,7 @@ def get_config(arg=None):
   config.model.keypoint_head_channels = 512
   config.model.keypoint_head_convs = 8
   config.model.keypoint_loss_weight = 1.0
+  config.model.keypoint_decode_upsample = 1
   config.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (params stay float32)
   config.keypoint_sigmas = tuple(float(s) for s in COCO_KEYPOINT_SIGMAS)
   config.keypoint_skeleton = COCO_PERSON_SKELETON

@@ -34,6 +34,9 @@ from jaxvision.data import transforms
 Batch = dict[str, np.ndarray]
 Preprocess = Callable[[transforms.Example, "np.random.Generator | None"], Batch]
 
+# Rows of a split's endless stream (see Pipeline.__init__): more than any run reads.
+_MAX_ROWS = 2 ** 62
+
 
 def _stack_and_validate(rows: Sequence[Batch]) -> Batch:
   """Stacks rows along a new leading axis; checks the boxes once per batch (vectorized)."""
@@ -137,10 +140,14 @@ class Pipeline:
     self._padding_row: Batch | None = None
 
     records = grain.MapDataset.source(self._records)
+    # A finite number of epochs (2^62 rows): grain's unbounded repeat() has sys.maxsize rows
+    # and batch(1) of it computes a length past sys.maxsize (OverflowError); the rows are
+    # the same as repeat()'s.
+    epochs = _MAX_ROWS // max(1, self.num_examples)
     if train:
-      rows = records.seed(seed).shuffle().repeat().random_map(self._row)
+      rows = records.seed(seed).shuffle().repeat(epochs).random_map(self._row)
     else:
-      rows = records.repeat().map(self._row)
+      rows = records.repeat(epochs).map(self._row)
     self._host_batches = self._host_slices(rows)
 
   def _checked_features(self, data_config: ml_collections.ConfigDict,

@@ -117,6 +117,9 @@ class FasterRCNN(nn.Module):
     keypoint_head_convs: its 3x3 convolutions before the upsampling (8).
     keypoint_heatmap_size: side of the heatmaps, ``4 * keypoint_pool_size`` (56).
     keypoint_loss_weight: factor of the ``roi_keypoint`` loss (1, torchvision).
+    keypoint_decode_upsample: decoding cells per image pixel when the detections' heatmaps
+      become keypoints (1: torchvision's whole-pixel decoding; ``u``: to ``1 / u`` pixel;
+      see :func:`~jaxvision.models.keypoint_head.heatmaps_to_keypoints`).
     semantic_head: add Panoptic FPN's semantic head (``_semantic_losses`` /
       ``_panoptic_predictions``; needs ``mask_head``): a
       :class:`~jaxvision.models.panoptic_head.SemanticFPNHead` on ``P2..P5`` predicting
@@ -194,6 +197,7 @@ class FasterRCNN(nn.Module):
   keypoint_head_convs: int = 8
   keypoint_heatmap_size: int = 56
   keypoint_loss_weight: float = 1.0
+  keypoint_decode_upsample: int = 1
   # --- semantic head (Panoptic FPN) ---
   semantic_head: bool = False
   num_stuff_classes: int = 0
@@ -614,8 +618,8 @@ class FasterRCNN(nn.Module):
     heatmap logit at the keypoint), zero for invalid detections."""
     boxes = detections["boxes"]
     heatmaps = self._keypoint_heatmaps(pyramid, boxes)
-    keypoints = jax.vmap(lambda h, b: heatmaps_to_keypoints(h, b, max(image_size)))(
-        heatmaps, boxes)
+    keypoints = jax.vmap(lambda h, b: heatmaps_to_keypoints(
+        h, b, max(image_size), upsample=self.keypoint_decode_upsample))(heatmaps, boxes)
     return {"keypoints": jnp.where(detections["valid"][..., None, None], keypoints, 0.0)}
 
   # --- semantic head (Panoptic FPN) -------------------------------------------------------

@@ -140,48 +140,73 @@ def _cubic_weights(distance: jax.Array) -> jax.Array:
   return jnp.where(d <= 1, near, far)
 
 
-def _bicubic_matrix(output_length: jax.Array, input_length: int, grid: int) -> jax.Array:
-  """``[grid, input_length]``: row ``i`` interpolates output pixel ``i`` of a bicubic resize
-  (``align_corners=False``) from ``input_length`` to ``output_length`` pixels (traced)."""
+def _bicubic_matrix(positions: jax.Array, output_length: jax.Array, input_length: int
+                    ) -> jax.Array:
+  """``[..., input_length]``: row ``i`` interpolates output pixel ``positions[i]`` (any
+  shape) of a bicubic resize (``align_corners=False``) from ``input_length`` to
+  ``output_length`` pixels (traced)."""
   scale = jnp.float32(input_length) / output_length
-  source = scale * (jnp.arange(grid, dtype=jnp.float32) + 0.5) - 0.5
+  source = scale * (positions.astype(jnp.float32) + 0.5) - 0.5
   low = jnp.floor(source)
   t = source - low
-  taps = low[:, None].astype(jnp.int32) + jnp.arange(-1, 3)  # [grid, 4]
+  taps = low[..., None].astype(jnp.int32) + jnp.arange(-1, 3)  # [..., 4]
   weights = jnp.stack([_cubic_weights(t + 1), _cubic_weights(t), _cubic_weights(1 - t),
                        _cubic_weights(2 - t)], axis=-1)
   # Taps past the border read the border pixel (PyTorch clamps the index).
   taps = jnp.clip(taps, 0, input_length - 1)
   return jnp.sum(weights[..., None] * jax.nn.one_hot(taps, input_length, dtype=jnp.float32),
-                 axis=1)
+                 axis=-2)
 
 
-def _roi_keypoints(heatmaps: jax.Array, roi: jax.Array, grid: int) -> jax.Array:
+def _roi_keypoints(heatmaps: jax.Array, roi: jax.Array, grid: int, upsample: int) -> jax.Array:
   """One RoI: ``[K, S, S]`` heatmaps -> ``[K, 3]`` ``(x, y, score)`` (see the module doc)."""
   size = heatmaps.shape[-1]
   width = jnp.maximum(roi[2] - roi[0], 1.0)
   height = jnp.maximum(roi[3] - roi[1], 1.0)
   map_width, map_height = jnp.ceil(width), jnp.ceil(height)
-  rows = _bicubic_matrix(map_height, size, grid)
-  columns = _bicubic_matrix(map_width, size, grid)
+  cells = jnp.arange(grid)
+  rows = _bicubic_matrix(cells, map_height, size)
+  columns = _bicubic_matrix(cells, map_width, size)
   resized = jnp.einsum("ya,kab,xb->kyx", rows, heatmaps, columns)
-  inside = ((jnp.arange(grid) < map_height)[:, None] & (jnp.arange(grid) < map_width)[None, :])
+  inside = (cells < map_height)[:, None] & (cells < map_width)[None, :]
   flat = jnp.where(inside, resized, -jnp.inf).reshape(heatmaps.shape[0], -1)
   position = jnp.argmax(flat, axis=-1)
   score = jnp.take_along_axis(flat, position[:, None], axis=-1)[:, 0]
   row, column = jnp.divmod(position, grid)
-  x = (column.astype(jnp.float32) + 0.5) * (width / map_width) + roi[0]
-  y = (row.astype(jnp.float32) + 0.5) * (height / map_height) + roi[1]
+  row, column = row.astype(jnp.float32), column.astype(jnp.float32)
+  if upsample > 1:
+    # The map at `upsample` cells per pixel, only in the 3 x 3 pixels around each maximum.
+    offsets = jnp.arange(3 * upsample) - upsample  # fine cells from the pixel before
+    fine_rows = upsample * row[:, None] + offsets  # [K, 3u]
+    fine_columns = upsample * column[:, None] + offsets
+    window = jnp.einsum("kya,kab,kxb->kyx",
+                        _bicubic_matrix(fine_rows, upsample * map_height, size), heatmaps,
+                        _bicubic_matrix(fine_columns, upsample * map_width, size))
+    valid = (((fine_rows >= 0) & (fine_rows < upsample * map_height))[:, :, None]
+             & ((fine_columns >= 0) & (fine_columns < upsample * map_width))[:, None, :])
+    window = jnp.where(valid, window, -jnp.inf).reshape(heatmaps.shape[0], -1)
+    best = jnp.argmax(window, axis=-1)
+    score = jnp.take_along_axis(window, best[:, None], axis=-1)[:, 0]
+    fine_row, fine_column = jnp.divmod(best, 3 * upsample)
+    row = (upsample * row + offsets[fine_row]) / upsample
+    column = (upsample * column + offsets[fine_column]) / upsample
+  x = (column + 0.5 / upsample) * (width / map_width) + roi[0]
+  y = (row + 0.5 / upsample) * (height / map_height) + roi[1]
   return jnp.stack([x, y, score], axis=-1)
 
 
 def heatmaps_to_keypoints(heatmaps: jax.Array, rois: jax.Array, max_roi_size: int | None = None,
-                          rois_per_step: int = 16) -> jax.Array:
+                          rois_per_step: int = 16, upsample: int = 1) -> jax.Array:
   """Keypoint positions and scores from heatmaps (torchvision ``heatmaps_to_keypoints``).
 
   Each RoI's heatmaps are resized bicubically to ``ceil(w) x ceil(h)`` pixels (w, h: the
   RoI's size, at least 1) and each keypoint goes to the centre of its maximum's pixel,
   scaled back by ``w / ceil(w)``; its score is that maximum (a logit of the resized map).
+  With ``upsample = u > 1`` the position is then refined to ``1 / u`` of a pixel: the
+  bicubic resize to ``u ceil(w) x u ceil(h)`` cells (``u`` per image pixel) is evaluated on
+  the ``3u x 3u`` cells of the 3 x 3 pixels around that maximum and the keypoint goes to
+  the centre of the best cell (its score: that cell's value); ``u = 1`` is torchvision's
+  decoding exactly.
 
   Args:
     heatmaps: ``[R, K, S, S]`` logits.
@@ -191,12 +216,15 @@ def heatmaps_to_keypoints(heatmaps: jax.Array, rois: jax.Array, max_roi_size: in
       concrete ``rois`` (their largest side); under ``jit`` it must be given.
     rois_per_step: RoIs resized at once (bounds the memory: ``rois_per_step * K *
       max_roi_size ** 2`` floats).
+    upsample: decoding cells per image pixel along each axis (static, at least 1).
 
   Returns:
     ``float32[R, K, 3]``: ``(x, y, score)`` in image pixels.
   """
   chex.assert_rank([heatmaps, rois], [4, 2])
   chex.assert_equal_shape_prefix([heatmaps, rois], 1)
+  if not isinstance(upsample, int) or upsample < 1:
+    raise ValueError(f"heatmaps_to_keypoints: upsample must be an int >= 1, got {upsample!r}.")
   heatmaps = heatmaps.astype(jnp.float32)
   rois = rois.astype(jnp.float32)
   if max_roi_size is None:
@@ -205,5 +233,6 @@ def heatmaps_to_keypoints(heatmaps: jax.Array, rois: jax.Array, max_roi_size: in
                        "image's longer side).")
     sides = np.asarray(rois[:, 2:] - rois[:, :2])
     max_roi_size = max(1, int(np.ceil(sides.max()))) if sides.size else 1
-  return jax.lax.map(lambda args: _roi_keypoints(*args, grid=max_roi_size), (heatmaps, rois),
+  return jax.lax.map(lambda args: _roi_keypoints(*args, grid=max_roi_size, upsample=upsample),
+                     (heatmaps, rois),
                      batch_size=min(rois_per_step, max(1, rois.shape[0])))

@@ -79,6 +79,17 @@ def test_every_epoch_is_a_fresh_permutation(single_config):
   assert not np.array_equal(epochs[0], np.arange(60))
 
 
+def test_a_batch_of_one_row(single_config):
+  """Global batch 1 (grain's endless repeat().batch(1) used to overflow its length)."""
+  pipeline = _pipeline(single_config, batch=1)
+  rows = [pipeline.host_batch(step) for step in range(61)]
+  assert all(row["image"].shape[0] == 1 for row in rows)
+  assert sorted(int(row["image_id"][0]) for row in rows[:60]) == list(range(60))
+  _assert_batches_equal(next(pipeline.iterate(60)), rows[60])
+  evaluation = list(_pipeline(single_config, batch=1, train=False).eval_batches())
+  assert len(evaluation) == 60 and int(evaluation[-1]["image_id"][0]) == 59
+
+
 def test_iterate_matches_host_batch(single_config):
   pipeline = _pipeline(single_config, index=1, count=2)
   for step, batch in zip(range(4, 8), pipeline.iterate(4)):

@@ -4,42 +4,28 @@ evaluation, ``predict`` with keypoints, pictures, config checks; the COCO flip p
 import os
 
 import chex
-import jax
 import numpy as np
 import pytest
-from jax.sharding import Mesh
 
-from jaxvision import parallel, trainer
 from jaxvision.data import coco_json
-from jaxvision.evaluation import coco, evaluators
+from jaxvision.evaluation import coco
 from jaxvision.tasks import get_task
 
 import configs.keypoint_rcnn_coco as keypoint_coco_config
 import configs.keypoint_rcnn_shapes as keypoint_config
+import quick_training
 
 KEYPOINT_KEYS = tuple(f"keypoints_{key}" for key in coco.KEYPOINT_SUMMARY_KEYS)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """The quick config trained for a few steps on 2 devices, cycling over two batches (so
-  that the losses must fall), then evaluated with pictures. One compile only."""
+  """The quick config trained for 12 steps on 2 devices over two batches, evaluated with
+  pictures."""
   config = keypoint_config.get_config("quick")
-  mesh = Mesh(np.asarray(jax.devices()[:2]), (parallel.DATA_AXIS,))
-  task = get_task(config, mesh)
-  chex.clear_trace_counter()
-  task.loss_fn = chex.assert_max_traces(task.loss_fn, n=1)
-  batches = [task.train_batch(0), task.train_batch(1)]
-  state = trainer.init_state(task, config, batches[0])
-  train_step = trainer.make_train_step(task, config)
-  history = []
-  for step in range(12):
-    state, metrics = train_step(state, parallel.global_batch(batches[step % 2], mesh))
-    history.append(jax.device_get(metrics))
   picture_dir = str(tmp_path_factory.mktemp("keypoint_pictures"))
-  eval_metrics = evaluators.run_evaluators(
-      evaluators.make_evaluators(task, config, picture_dir), state, 12, config.seed)
-  return config, task, state, history, eval_metrics, picture_dir
+  run = quick_training.train_and_evaluate(config, 12, picture_dir)
+  return config, run.task, run.state, run.history, run.eval_metrics, picture_dir
 
 
 def test_keypoint_loss_trains_with_the_other_losses_and_falls(trained):

@@ -7,38 +7,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh
 
-from jaxvision import parallel, trainer
-from jaxvision.evaluation import coco, evaluators
+from jaxvision.evaluation import coco
 from jaxvision.tasks import get_task
 
 import configs.rcnn_shapes as rcnn_config
+import quick_training
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """The quick config (selective search proposals) trained on a 2-device mesh, evaluated.
-
-  Steps cycle over two batches so that the loss must fall; the loss function may be traced
-  only once (a second trace would mean the jitted step recompiled).
-  """
+  """The quick config (selective search proposals) trained for 10 steps on a 2-device mesh
+  over two batches, then evaluated."""
   config = rcnn_config.get_config("quick")
-  mesh = Mesh(np.asarray(jax.devices()[:2]), (parallel.DATA_AXIS,))
-  task = get_task(config, mesh)
-  chex.clear_trace_counter()  # the counter is per function, shared by every DetectionTask
-  task.loss_fn = chex.assert_max_traces(task.loss_fn, n=1)
-  batches = [task.train_batch(0), task.train_batch(1)]
-  state = trainer.init_state(task, config, batches[0])
-  train_step = trainer.make_train_step(task, config)
-  history = []
-  for step in range(10):
-    state, metrics = train_step(state, parallel.global_batch(batches[step % 2], mesh))
-    history.append(jax.device_get(metrics))
   picture_dir = str(tmp_path_factory.mktemp("rcnn_pictures"))
-  eval_metrics = evaluators.run_evaluators(
-      evaluators.make_evaluators(task, config, picture_dir), state, 10, config.seed)
-  return config, task, state, batches, history, eval_metrics, picture_dir
+  run = quick_training.train_and_evaluate(config, 10, picture_dir)
+  return (config, run.task, run.state, run.batches, run.history, run.eval_metrics,
+          picture_dir)
 
 
 def test_quick_config_trains_on_two_devices_with_falling_loss(trained):

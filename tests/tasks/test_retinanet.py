@@ -11,39 +11,26 @@ import pytest
 from jax.sharding import Mesh
 
 from jaxvision import ops, parallel, trainer
-from jaxvision.evaluation import coco, evaluators
+from jaxvision.evaluation import coco
 from jaxvision.models import retinanet as retinanet_lib
 from jaxvision.models.rpn import level_anchors
 from jaxvision.tasks import get_task
 
 import configs.retinanet_coco as coco_config
 import configs.retinanet_shapes as shapes_config
+import quick_training
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """The quick config trained for 10 steps on a 2-device mesh, then evaluated.
-
-  Steps cycle over two batches so that the loss must fall; one image of the second batch
-  has no ground truth at all. The loss function may be traced only once (no recompiles).
-  """
+  """The quick config trained for 10 steps on a 2-device mesh over two batches (one image of
+  the second without any ground truth), then evaluated."""
   config = shapes_config.get_config("quick")
-  mesh = Mesh(np.asarray(jax.devices()[:2]), (parallel.DATA_AXIS,))
-  task = get_task(config, mesh)
-  chex.clear_trace_counter()  # the counter is per function, shared by every DetectionTask
-  task.loss_fn = chex.assert_max_traces(task.loss_fn, n=1)
-  batches = [task.train_batch(0), task.train_batch(1)]
-  batches[1]["box_valid"][0] = False
-  state = trainer.init_state(task, config, batches[0])
-  train_step = trainer.make_train_step(task, config)
-  history = []
-  for step in range(10):
-    state, metrics = train_step(state, parallel.global_batch(batches[step % 2], mesh))
-    history.append(jax.device_get(metrics))
   picture_dir = str(tmp_path_factory.mktemp("retinanet_pictures"))
-  eval_metrics = evaluators.run_evaluators(
-      evaluators.make_evaluators(task, config, picture_dir), state, 10, config.seed)
-  return config, task, state, history, eval_metrics, picture_dir
+  run = quick_training.train_and_evaluate(
+      config, 10, picture_dir,
+      edit_batches=quick_training.no_ground_truth_in_first_image_of_second_batch)
+  return config, run.task, run.state, run.history, run.eval_metrics, picture_dir
 
 
 def test_quick_config_trains_on_two_devices_with_finite_falling_loss(trained):

@@ -6,15 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh
 
-from jaxvision import ops, parallel, trainer
-from jaxvision.evaluation import coco, evaluators
+from jaxvision import ops
+from jaxvision.evaluation import coco
 from jaxvision.models.rcnn import RCNN
-from jaxvision.tasks import get_task
 from jaxvision.tasks.rcnn import sliding_windows
 
 import configs.sliding_window_shapes as sliding_window_config
+import quick_training
 
 
 def test_windows_tile_the_image_at_every_size_and_reach_its_far_edge():
@@ -35,23 +34,11 @@ def test_windows_tile_the_image_at_every_size_and_reach_its_far_edge():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """The quick config trained on a 2-device mesh over two alternating batches, evaluated."""
+  """The quick config trained for 10 steps on a 2-device mesh over two batches, evaluated."""
   config = sliding_window_config.get_config("quick")
-  mesh = Mesh(np.asarray(jax.devices()[:2]), (parallel.DATA_AXIS,))
-  task = get_task(config, mesh)
-  chex.clear_trace_counter()  # the counter is per function, shared by every DetectionTask
-  task.loss_fn = chex.assert_max_traces(task.loss_fn, n=1)
-  batches = [task.train_batch(0), task.train_batch(1)]
-  state = trainer.init_state(task, config, batches[0])
-  train_step = trainer.make_train_step(task, config)
-  history = []
-  for step in range(10):
-    state, metrics = train_step(state, parallel.global_batch(batches[step % 2], mesh))
-    history.append(jax.device_get(metrics))
-  eval_metrics = evaluators.run_evaluators(
-      evaluators.make_evaluators(task, config, str(tmp_path_factory.mktemp("pictures"))),
-      state, 10, config.seed)
-  return config, task, state, batches, history, eval_metrics
+  run = quick_training.train_and_evaluate(config, 10,
+                                          str(tmp_path_factory.mktemp("pictures")))
+  return config, run.task, run.state, run.batches, run.history, run.eval_metrics
 
 
 def test_quick_config_trains_on_two_devices_and_evaluates(trained):
