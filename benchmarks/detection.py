@@ -1,9 +1,10 @@
 """Faster R-CNN speed on this machine: train-step and inference throughput in images/s.
 
 The config's own model and global batch on all local devices, through the trainer's
-jitted, data-parallel train step and the task's jitted ``eval_outputs``. Batches are read
-before the clock starts, so the numbers are the model's, not the input pipeline's; the
-first (compiling) call of each function is timed separately and excluded.
+jitted, data-parallel train step and the task's jitted ``eval_outputs``: the median of
+``--steps`` calls of each. Batches are read before the clock starts, so the numbers are the
+model's, not the input pipeline's; the first (compiling) call of each function is timed
+separately and excluded.
 
   python benchmarks/detection.py [--config configs/faster_rcnn_shapes.py[:variant]]
                                  [--steps 20] [--batch_size N]
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 from jaxvision import cpu_devices
@@ -31,12 +33,14 @@ load_config = config_files.load_config
 
 
 def timed(function, calls: int) -> float:
-  """Seconds per call of ``function()`` (which returns something to block on)."""
-  start = time.perf_counter()
+  """Median seconds of ``calls`` calls of ``function()`` (which returns something to block
+  on), each waited for before the next starts."""
+  seconds = []
   for _ in range(calls):
-    result = function()
-  jax.block_until_ready(result)
-  return (time.perf_counter() - start) / calls
+    start = time.perf_counter()
+    jax.block_until_ready(function())
+    seconds.append(time.perf_counter() - start)
+  return statistics.median(seconds)
 
 
 def main() -> None:
