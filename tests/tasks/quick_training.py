@@ -1,4 +1,6 @@
-"""The task tests' shared fixture body: a quick config trained for a few steps, then evaluated.
+"""The task tests' shared pieces: a quick config trained for a few steps, then evaluated
+(``train_and_evaluate``), and a fake COCO-shaped row for the full-size one-step tests
+(``fake_coco_row``).
 
 Steps cycle over two batches so that the loss must fall; the loss function may be traced
 only once (a second trace would mean the jitted step recompiled).
@@ -53,3 +55,23 @@ def train_and_evaluate(config, steps: int, picture_dir: str, devices: int = 2,
 def no_ground_truth_in_first_image_of_second_batch(batches: list) -> None:
   """``edit_batches``: one image without any object (the losses must handle it)."""
   batches[1]["box_valid"][0] = False
+
+
+def fake_coco_row(config, boxes, labels, rng: np.random.Generator, **features
+                  ) -> dict[str, np.ndarray]:
+  """A batch of one COCO-shaped training row for ``config``'s data: a random uint8 image
+  (drawn from ``rng``), ``boxes`` / ``labels`` as its first objects (the other
+  ``data.max_boxes`` slots padding), zero areas, no crowd; ``features`` are added or
+  replace those (masks, keypoints, area)."""
+  size, max_boxes = config.data.image_size, config.data.max_boxes
+  count = len(boxes)
+  padded_boxes = np.zeros((1, max_boxes, 4), np.float32)
+  padded_boxes[0, :count] = boxes
+  padded_labels = np.zeros((1, max_boxes), np.int32)
+  padded_labels[0, :count] = labels
+  return {"image": rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8),
+          "boxes": padded_boxes, "labels": padded_labels,
+          "box_valid": np.arange(max_boxes)[None] < count,
+          "area": np.zeros((1, max_boxes), np.float32),
+          "is_crowd": np.zeros((1, max_boxes), bool), "image_id": np.zeros((1,), np.int32),
+          **features}

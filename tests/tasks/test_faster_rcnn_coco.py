@@ -15,6 +15,7 @@ from jaxvision import parallel, trainer
 from jaxvision.tasks import get_task
 
 import configs.faster_rcnn_coco as coco_config
+import quick_training
 
 
 @pytest.mark.slow
@@ -23,15 +24,8 @@ def test_coco_config_full_size_r50_fpn_one_train_step():
   config = coco_config.get_config()
   mesh = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
   task = get_task(config, mesh)
-  size, max_boxes = config.data.image_size, config.data.max_boxes
-  rng = np.random.default_rng(0)
-  boxes = np.zeros((1, max_boxes, 4), np.float32)
-  boxes[0, :3] = [[100, 120, 400, 500], [600, 50, 900, 300], [20, 700, 90, 760]]
-  batch = {"image": rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8),
-           "boxes": boxes, "labels": np.zeros((1, max_boxes), np.int32),
-           "box_valid": np.arange(max_boxes)[None] < 3,
-           "area": np.zeros((1, max_boxes), np.float32),
-           "is_crowd": np.zeros((1, max_boxes), bool), "image_id": np.zeros((1,), np.int32)}
+  boxes = [[100, 120, 400, 500], [600, 50, 900, 300], [20, 700, 90, 760]]
+  batch = quick_training.fake_coco_row(config, boxes, [0, 0, 0], np.random.default_rng(0))
   task.validate_batch(batch)
   state = trainer.init_state(task, config, batch)
   backbone_params = sum(x.size for x in jax.tree.leaves(state["params"]["backbone"]))

@@ -16,6 +16,7 @@ from jaxvision import parallel, trainer
 from jaxvision.tasks import get_task
 
 import configs.keypoint_rcnn_coco as coco_config
+import quick_training
 
 
 @pytest.mark.slow
@@ -24,23 +25,16 @@ def test_coco_config_full_size_keypoint_rcnn_one_train_step():
   config = coco_config.get_config()
   mesh = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
   task = get_task(config, mesh)
-  size, max_boxes = config.data.image_size, config.data.max_boxes
   num_keypoints = config.model.num_keypoints
   assert num_keypoints == len(config.keypoint_sigmas) == 17
   rng = np.random.default_rng(0)
-  boxes = np.zeros((1, max_boxes, 4), np.float32)
-  boxes[0, :3] = [[100, 120, 400, 700], [600, 50, 900, 600], [20, 700, 90, 960]]
-  keypoints = np.zeros((1, max_boxes, num_keypoints, 3), np.float32)
-  for i in range(3):  # points inside each person's box, visibility 0, 1 or 2
-    x1, y1, x2, y2 = boxes[0, i]
+  boxes = [[100, 120, 400, 700], [600, 50, 900, 600], [20, 700, 90, 960]]
+  keypoints = np.zeros((1, config.data.max_boxes, num_keypoints, 3), np.float32)
+  for i, (x1, y1, x2, y2) in enumerate(boxes):  # points inside each box, visibility 0-2
     keypoints[0, i, :, 0] = rng.uniform(x1, x2, num_keypoints)
     keypoints[0, i, :, 1] = rng.uniform(y1, y2, num_keypoints)
     keypoints[0, i, :, 2] = rng.integers(0, 3, num_keypoints)
-  batch = {"image": rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8),
-           "boxes": boxes, "labels": np.zeros((1, max_boxes), np.int32),
-           "box_valid": np.arange(max_boxes)[None] < 3, "keypoints": keypoints,
-           "area": np.zeros((1, max_boxes), np.float32),
-           "is_crowd": np.zeros((1, max_boxes), bool), "image_id": np.zeros((1,), np.int32)}
+  batch = quick_training.fake_coco_row(config, boxes, [0, 0, 0], rng, keypoints=keypoints)
   task.validate_batch(batch)
   state = trainer.init_state(task, config, batch)
   head_params = sum(x.size for x in jax.tree.leaves(state["params"]["keypoint_predictor"]))

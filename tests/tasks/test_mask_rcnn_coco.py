@@ -16,6 +16,7 @@ from jaxvision import parallel, trainer
 from jaxvision.tasks import get_task
 
 import configs.mask_rcnn_coco as coco_config
+import quick_training
 
 
 @pytest.mark.slow
@@ -25,20 +26,15 @@ def test_coco_config_full_size_mask_rcnn_one_train_step():
   mesh = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
   task = get_task(config, mesh)
   size, max_boxes = config.data.image_size, config.data.max_boxes
-  rng = np.random.default_rng(0)
-  boxes = np.zeros((1, max_boxes, 4), np.float32)
-  boxes[0, :3] = [[100, 120, 400, 500], [600, 50, 900, 300], [20, 700, 90, 760]]
+  boxes = [[100, 120, 400, 500], [600, 50, 900, 300], [20, 700, 90, 760]]
   masks = np.zeros((1, max_boxes, size, size), np.uint8)
-  for i in range(3):  # an ellipse inside each box
-    x1, y1, x2, y2 = boxes[0, i]
+  for i, (x1, y1, x2, y2) in enumerate(boxes):  # an ellipse inside each box
     ys, xs = np.ogrid[:size, :size]
     masks[0, i] = ((((xs + 0.5 - (x1 + x2) / 2) / ((x2 - x1) / 2)) ** 2
                     + ((ys + 0.5 - (y1 + y2) / 2) / ((y2 - y1) / 2)) ** 2) <= 1)
-  batch = {"image": rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8),
-           "boxes": boxes, "labels": np.array([[0, 17, 79] + [0] * (max_boxes - 3)], np.int32),
-           "box_valid": np.arange(max_boxes)[None] < 3, "masks": masks,
-           "area": masks.sum(axis=(2, 3)).astype(np.float32),
-           "is_crowd": np.zeros((1, max_boxes), bool), "image_id": np.zeros((1,), np.int32)}
+  batch = quick_training.fake_coco_row(config, boxes, [0, 17, 79], np.random.default_rng(0),
+                                       masks=masks,
+                                       area=masks.sum(axis=(2, 3)).astype(np.float32))
   task.validate_batch(batch)
   state = trainer.init_state(task, config, batch)
   head_params = sum(x.size for x in jax.tree.leaves(state["params"]["mask_head_module"]))
