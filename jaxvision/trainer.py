@@ -231,6 +231,14 @@ class _PendingMetrics:
     return averaged
 
 
+def _progress_losses(averaged: dict[str, float]) -> dict[str, str]:
+  """The progress bar's losses: ``train/loss``, or every ``train/*_loss`` of a task without
+  one (the DCGAN's generator and discriminator losses)."""
+  names = (["train/loss"] if "train/loss" in averaged
+           else sorted(name for name in averaged if name.endswith("_loss")))
+  return {name.removeprefix("train/"): f"{averaged[name]:.4f}" for name in names}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint); returns the
@@ -303,7 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       averaged["train/steps_per_second"] = (done - last_log[0]) / (time.perf_counter() - last_log[1])
       averaged[ELAPSED_METRIC] = elapsed_before + time.perf_counter() - run_start
       writer.write(done, averaged)
-      progress.set_postfix(loss=f"{averaged.get('train/loss', float('nan')):.4f}")
+      progress.set_postfix(_progress_losses(averaged))
       last_log = (done, time.perf_counter())
     if done % config.checkpoint_every == 0 or done == config.total_steps:
       pending.check()

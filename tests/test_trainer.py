@@ -249,3 +249,13 @@ def test_second_evaluation_and_predict_compile_nothing(trained):
   first, second = task.predict(variables, images), task.predict(variables, images)
   np.testing.assert_array_equal(first["boxes"], second["boxes"])
   assert task._predict._cache_size() == 1
+
+
+def test_progress_bar_shows_the_tasks_losses():
+  assert trainer._progress_losses(  # pylint: disable=protected-access
+      {"train/loss": 1.25, "train/steps_per_second": 3.0}) == {"loss": "1.2500"}
+  # A task without one loss (the DCGAN) shows each of its losses, not a missing "loss".
+  assert trainer._progress_losses(  # pylint: disable=protected-access
+      {"train/generator_loss": 2.0, "train/discriminator_loss": 0.5,
+       "train/steps_per_second": 3.0}) == {"discriminator_loss": "0.5000",
+                                          "generator_loss": "2.0000"}

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvision import data as data_lib
+from jaxvision.data import mnist_subset
 from jaxvision.models.pixelcnn import mixture_num_params
 from jaxvision.tasks import base
 
@@ -164,6 +165,16 @@ def pixels_data_config(**overrides: Any):
                   features=("image", "label"), flip=False, num_train=20000,
                   num_validation=1000, num_test=1000)
   return data_lib.data_config(**{**defaults, **overrides})
+
+
+def mnist_data_config(npz: str = "", **overrides: Any):
+  """``config.data`` of the ``configs/*_mnist.py`` configs: TFDS ``mnist`` (prepared in
+  array_record), or with ``npz`` the 5000 real digits of ``jaxvision.data.mnist_subset`` (the
+  ``arrays`` source, its train / test rows)."""
+  if not npz:
+    return pixels_data_config(name="tfds:mnist", **overrides)
+  splits = {split: list(bounds) for split, bounds in mnist_subset.SPLITS.items()}
+  return pixels_data_config(name="arrays", path=npz, splits=splits, **overrides)
 
 
 def config_variant(arg: str | None, name: str,

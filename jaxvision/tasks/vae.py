@@ -16,8 +16,10 @@ Held-out numbers, in nats per image: the ``likelihood`` evaluator's ``nll_nats``
 with ``model.iwae_samples`` samples (evaluated ``model.iwae_chunk`` at a time); the
 ``batches`` evaluator's ``elbo_nats`` is the ELBO (analytic KL; the reconstruction term from
 one sample drawn with ``fold_in(key(seed), image_id)``, the same for every evaluation), with
-pictures of reconstructions and of a latent interpolation. ``sample`` decodes ``z ~ p(z)`` and
-shows the decoder's mean image.
+pictures of reconstructions and of a latent interpolation. ``sample`` decodes ``z ~ p(z)``
+into the decoder's mean image (``model.sample_pixels="mean"``, the default: what the sample
+grids show) or into pixels drawn from ``p(x | z)`` (``"draw"``: the model's samples proper,
+binary or 8-bit like the held-out images, which a Frechet distance should compare).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from jaxvision.models.vae import VAE
 from jaxvision.tasks import base, generative
 
 INTERPOLATION_STEPS = 8
+# What ``sample`` returns: the decoder's mean image, or pixels drawn from p(x | z).
+SAMPLE_PIXELS = ("mean", "draw")
 
 
 def gaussian_log_density(z: jax.Array, mean: jax.Array, log_variance: jax.Array) -> jax.Array:
@@ -92,6 +96,10 @@ class VAETask(generative.DiscretePixelsTask):
     if self.output == "logistic_mixture" and (self.num_levels != 256 or self.num_mixtures < 1):
       raise ValueError("model.output='logistic_mixture' needs model.pixels='8bit' and "
                        "model.num_mixtures >= 1.")
+    self.sample_pixels = config.model.get("sample_pixels", "mean")
+    if self.sample_pixels not in SAMPLE_PIXELS:
+      raise ValueError(f"Unknown model.sample_pixels {self.sample_pixels!r} of the VAE; use "
+                       f"one of {SAMPLE_PIXELS}.")
 
   @functools.cached_property
   def model(self) -> VAE:
@@ -133,6 +141,22 @@ class VAETask(generative.DiscretePixelsTask):
     if self.num_levels == 2:
       return 255.0 * jax.nn.sigmoid(params[..., 0])
     return 127.5 * (jnp.clip(params[..., 0], -1.0, 1.0) + 1.0)
+
+  def draw_image(self, rng: jax.Array, params: jax.Array) -> jax.Array:
+    """Decoder outputs -> an image drawn from ``p(x | z)``, float levels in [0, 255]
+    ``[B, H, W, C]`` (0 or 255 for binary pixels)."""
+    if self.output == "logistic_mixture":
+      levels = generative.sample_discretized_logistic_mixture(
+          rng, params[..., 0, :], self.image_shape[2], self.num_mixtures)
+      return levels.astype(jnp.float32)
+    if self.num_levels == 2:
+      return 255.0 * jax.random.bernoulli(rng, jax.nn.sigmoid(params[..., 0])).astype(
+          jnp.float32)
+    # The discretized logistic's level: a logistic draw on [-1, 1], rounded to the nearest
+    # level, the end levels taking the tails (as discretized_logistic_log_prob's bins).
+    x = params[..., 0] + jnp.exp(params[..., 1]) * jax.random.logistic(rng, params[..., 0].shape)
+    top = self.num_levels - 1
+    return jnp.clip(jnp.round((x + 1.0) * (top / 2.0)), 0, top) * (255.0 / top)
 
   def log_weights(self, variables, levels: jax.Array, noise: jax.Array) -> jax.Array:
     """``log p(x, z) - log q(z | x)`` ``[K, B]`` for ``z = mean + std * noise`` (noise
@@ -220,9 +244,13 @@ class VAETask(generative.DiscretePixelsTask):
     return ElboEvaluator(self.num_dims)
 
   def sample(self, variables, rng, num_samples: int) -> jax.Array:
-    """Decoder mean images ``[N, H, W, C]`` (float in [0, 255]) of ``z ~ N(0, I)``."""
+    """Images ``[N, H, W, C]`` (float in [0, 255]) of ``z ~ N(0, I)``: decoder means, or
+    pixels drawn from ``p(x | z)`` (``model.sample_pixels``)."""
     z = jax.random.normal(rng, (num_samples, self.config.model.latents))
-    return self.mean_image(self.decode(variables, z))
+    params = self.decode(variables, z)
+    if self.sample_pixels == "draw":
+      return self.draw_image(jax.random.fold_in(rng, 1), params)
+    return self.mean_image(params)
 
   def write_pictures(self, variables, batch, outputs, directory, step) -> list[str]:
     """Originals above their reconstructions; rows of latent interpolations."""

@@ -141,6 +141,47 @@ def test_8bit_decoder_trains_one_step():
   assert samples.shape == (3, 16, 16, 1)
 
 
+@pytest.mark.parametrize("pixels, output", [("binary", "logistic"), ("8bit", "logistic"),
+                                             ("8bit", "logistic_mixture")])
+def test_drawn_samples_follow_the_decoders_distribution(pixels, output):
+  """``sample_pixels="draw"``: pixel levels whose frequencies are the decoder's pmf (the one
+  the likelihoods use); ``"mean"``: the grey mean images."""
+  config = small_config(pixels=pixels, output=output, num_mixtures=3)
+  task = base.get_task(config, mesh_of(1))
+  variables = task.init_variables(jax.random.key(0), {"image": np.zeros((1, 16, 16, 1), np.uint8)})
+  params = task.decode(variables, jax.random.normal(
+      jax.random.key(1), (1, config.model.latents)))[:, :2, :2]
+  draws = np.asarray(jax.vmap(lambda key: task.draw_image(key, params))(
+      jax.random.split(jax.random.key(2), 4000)))  # [4000, 1, 2, 2, 1]
+  top = task.num_levels - 1
+  levels = np.round(draws * top / 255.0).astype(np.int64)
+  np.testing.assert_array_equal(levels * 255.0 / top, draws)  # exactly on the levels
+  # Coarse bins of levels, so that 4000 draws estimate each bin's mass well.
+  bins = 2 if pixels == "binary" else 16
+  for row, column in np.ndindex(2, 2):
+    # The pixel's pmf: vary its level, the other three fixed (their terms cancel).
+    log_p = np.array([float(task.reconstruction_log_prob(params, jnp.asarray(
+        np.where(np.arange(4).reshape(2, 2) == 2 * row + column, level, 0))[None, :, :, None])[0])
+                      for level in range(task.num_levels)])
+    pmf = np.exp(log_p - log_p.max())
+    pmf = (pmf / pmf.sum()).reshape(bins, -1).sum(1)
+    frequencies = np.bincount(levels[:, 0, row, column, 0] * bins // task.num_levels,
+                              minlength=bins) / len(levels)
+    assert 0.5 * np.abs(frequencies - pmf).sum() < 0.04, (row, column, frequencies, pmf)
+
+  samples = {}
+  for mode in ("mean", "draw"):
+    sampler = base.get_task(small_config(pixels=pixels, output=output, num_mixtures=3,
+                                         sample_pixels=mode), mesh_of(1))
+    samples[mode] = np.asarray(sampler.sample(variables, jax.random.key(3), 2))
+  assert samples["draw"].shape == samples["mean"].shape == (2, 16, 16, 1)
+  if pixels == "binary":
+    assert set(np.unique(samples["draw"])) <= {0.0, 255.0}
+    assert len(np.unique(samples["mean"])) > 2  # grey means
+  with pytest.raises(ValueError, match="sample_pixels"):
+    base.get_task(small_config(sample_pixels="mode"), mesh_of(1))
+
+
 def test_one_step_on_8_devices_equals_1_device():
   generative_checks.check_one_step_on_8_devices_equals_1_device(small_config())
 
