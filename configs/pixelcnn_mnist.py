@@ -21,17 +21,11 @@ about 86-87. ``:plain`` trains the masked PixelCNN instead; ``:quick`` is a shor
 import ml_collections
 
 from jaxvision.optim import default_optimizer_config
-from jaxvision.tasks.generative import mnist_data_config
+from jaxvision.tasks.generative import mnist_config_arg, mnist_data_config
 
 
 def get_config(arg=None):
-  parts = arg.split(",") if arg else []
-  npz = [part[len("npz="):] for part in parts if part.startswith("npz=")]
-  variants = {part for part in parts if not part.startswith("npz=")}
-  unknown = sorted(variants - {"quick", "plain"})
-  if unknown or len(npz) > 1 or "" in npz:
-    raise ValueError(f"Unknown variant(s) {arg!r} of pixelcnn_mnist; use 'quick', 'plain', "
-                     "'npz=FILE' (comma-separated).")
+  variants, npz = mnist_config_arg(arg, "pixelcnn_mnist", ("quick", "plain"))
   config = ml_collections.ConfigDict()
   config.task = "pixelcnn"
   config.seed = 0
@@ -44,7 +38,7 @@ def get_config(arg=None):
   config.init_from = ""
   config.eval_split = "test"
 
-  config.data = mnist_data_config(npz[0] if npz else "", features=("image", "label"))
+  config.data = mnist_data_config(npz, features=("image", "label"))
 
   config.model = ml_collections.ConfigDict(dict(
       architecture="gated_pixelcnn", pixels="binary", binarize="stochastic", num_classes=0,

@@ -18,17 +18,11 @@ short smoke run.
 import ml_collections
 
 from jaxvision.optim import default_optimizer_config
-from jaxvision.tasks.generative import mnist_data_config
+from jaxvision.tasks.generative import mnist_config_arg, mnist_data_config
 
 
 def get_config(arg=None):
-  parts = arg.split(",") if arg else []
-  npz = [part[len("npz="):] for part in parts if part.startswith("npz=")]
-  variants = [part for part in parts if not part.startswith("npz=")]
-  if variants not in ([], ["quick"]) or len(npz) > 1 or "" in npz:
-    raise ValueError(f"Unknown variant {arg!r} of vae_mnist; use 'quick', 'npz=FILE', both "
-                     "(comma-separated) or none.")
-  arg = variants[0] if variants else None
+  variants, npz = mnist_config_arg(arg, "vae_mnist", ("quick",))
   config = ml_collections.ConfigDict()
   config.task = "vae"
   config.seed = 0
@@ -42,7 +36,7 @@ def get_config(arg=None):
   config.eval_split = "test"
   config.num_pictures = 8
 
-  config.data = mnist_data_config(npz[0] if npz else "", features=("image",))
+  config.data = mnist_data_config(npz, features=("image",))
   config.model = ml_collections.ConfigDict(dict(
       pixels="binary", binarize="stochastic", num_classes=0,
       latents=32, features=32, hidden=512,
@@ -56,7 +50,7 @@ def get_config(arg=None):
       "likelihood": {"kind": "likelihood", "every": config.get_ref("total_steps")},
       "samples": {"kind": "samples", "num_samples": 16},
   })
-  if arg == "quick":
+  if "quick" in variants:
     config.total_steps = 20
     config.eval_every = config.checkpoint_every = 20
     config.log_every = 5

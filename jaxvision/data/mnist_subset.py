@@ -29,6 +29,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxvision.data import sources
+
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 TRAIN_PER_CLASS = 400
@@ -96,11 +98,8 @@ def write_npz(output: str, csv_path: str | None = None) -> dict[str, np.ndarray]
   order = split_order(labels)
   arrays = {"images": images[order], "labels": labels[order],
             "class_names": np.array([str(label) for label in range(NUM_CLASSES)])}
-  output = os.path.expanduser(output)
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  partial = output + ".partial.npz"
-  np.savez(partial, **arrays)
-  os.replace(partial, output)
+  os.makedirs(os.path.dirname(os.path.abspath(os.path.expanduser(output))), exist_ok=True)
+  sources.save_arrays_npz(output, **arrays)
   return arrays
 
 

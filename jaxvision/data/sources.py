@@ -417,6 +417,16 @@ def _array_record(arrays: Mapping[str, np.ndarray], start: int, index: int) -> d
   return record
 
 
+def save_arrays_npz(path: str, **arrays: np.ndarray) -> str:
+  """Writes an ``.npz`` for the ``arrays`` source atomically (a temporary file renamed into
+  place: a killed writer leaves no half-written file); returns the user-expanded path."""
+  path = os.path.expanduser(path)
+  temporary = path + ".tmp.npz"  # np.savez adds .npz to names without it
+  np.savez(temporary, **arrays)
+  os.replace(temporary, path)
+  return path
+
+
 @register_source("arrays")
 class ArraysSource(DataSource):
   """Images (and labels) of an ``.npz`` file, split by index ranges.

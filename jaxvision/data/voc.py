@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from jaxvision.data import transforms
+from jaxvision.data import sources, transforms
 
 CLASS_NAMES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
                "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
@@ -77,11 +77,8 @@ def prepare(voc_root: str, output: str, image_size: int = 512,
   all_ids = [image_id for split in splits for image_id in ids[split]]
   for index, image_id in enumerate(all_ids):
     images[index], semantic[index] = read_example(voc_root, image_id, image_size)
-  output = os.path.expanduser(output)
-  temporary = output + ".tmp.npz"  # np.savez adds .npz to names without it
-  np.savez(temporary, images=images, semantic=semantic, image_ids=np.asarray(all_ids),
-           class_names=np.asarray(CLASS_NAMES))
-  os.replace(temporary, output)  # atomic: a killed run leaves no half-written file
+  sources.save_arrays_npz(output, images=images, semantic=semantic,
+                          image_ids=np.asarray(all_ids), class_names=np.asarray(CLASS_NAMES))
   return {split: len(split_ids) for split, split_ids in ids.items()}
 
 

@@ -177,6 +177,21 @@ def mnist_data_config(npz: str = "", **overrides: Any):
   return pixels_data_config(name="arrays", path=npz, splits=splits, **overrides)
 
 
+def mnist_config_arg(arg: str | None, name: str, variants: tuple[str, ...]
+                     ) -> tuple[set[str], str]:
+  """A ``configs/*_mnist.py`` ``:arg``: comma-separated ``variants`` (each at most once) and
+  at most one ``npz=FILE`` (:func:`mnist_data_config`'s file) -> ``(variants chosen, FILE or
+  "")``.
+  ``name`` is the config's, for the error message."""
+  parts = arg.split(",") if arg else []
+  npz = [part[len("npz="):] for part in parts if part.startswith("npz=")]
+  chosen = {part for part in parts if not part.startswith("npz=")}
+  if chosen - set(variants) or len(chosen) + len(npz) != len(parts) or len(npz) > 1 or "" in npz:
+    raise ValueError(f"Unknown variant(s) {arg!r} of {name}; use "
+                     f"{', '.join(repr(v) for v in variants)}, 'npz=FILE' (comma-separated).")
+  return chosen, (npz[0] if npz else "")
+
+
 def config_variant(arg: str | None, name: str,
                    variants: tuple[str, ...] = ("quick",)) -> tuple[str, str]:
   """A generative config's ``:arg``: ``[variant][,features=DIR]`` -> ``(variant, DIR)``.
@@ -213,6 +228,15 @@ def discretized_logistic_log_prob(levels: jax.Array, mean: jax.Array, log_scale:
   middle = (log_cdf_upper + jnp.log(-jnp.expm1(lower - upper)) + jax.nn.log_sigmoid(-lower))
   return jnp.where(levels == 0, log_cdf_upper,
                    jnp.where(levels == num_levels - 1, log_survival_lower, middle))
+
+
+def sample_discretized_logistic(rng: jax.Array, mean: jax.Array, log_scale: jax.Array,
+                                num_levels: int = 256) -> jax.Array:
+  """Levels (float, ``0..num_levels - 1``) drawn from :func:`discretized_logistic_log_prob`:
+  a logistic draw on [-1, 1] rounded to the nearest level, the end levels taking the tails
+  (so level ``l``'s probability is the logistic's mass on its bin, the pmf). Elementwise."""
+  value = mean + jnp.exp(log_scale) * jax.random.logistic(rng, jnp.shape(mean))
+  return jnp.clip(jnp.round((value + 1.0) * (num_levels - 1) / 2.0), 0, num_levels - 1)
 
 
 # --- the discretized logistic mixture (PixelCNN++) ---------------------------------------
@@ -269,10 +293,8 @@ def sample_discretized_logistic_mixture(rng: jax.Array, params: jax.Array, chann
                                         num_mixtures: int, num_levels: int = 256) -> jax.Array:
   """Pixels ``[..., C]`` (int32 levels) drawn from :func:`discretized_logistic_mixture_log_prob`.
 
-  A component from its logits, then the channels in order: a logistic draw, rounded to the
-  nearest level and clipped to the range (the end levels take the tails, as in the pmf);
-  the next channel's mean uses the drawn level. Level ``l``'s probability is the logistic's
-  mass on its bin, which is the pmf by construction.
+  A component from its logits, then the channels in order, each a
+  :func:`sample_discretized_logistic` draw; the next channel's mean uses the drawn level.
   """
   logits, means, log_scales, coeffs = _split_mixture(params, channels, num_mixtures)
   component_key, *channel_keys = jax.random.split(rng, channels + 1)
@@ -281,9 +303,8 @@ def sample_discretized_logistic_mixture(rng: jax.Array, params: jax.Array, chann
   x = jnp.zeros((*params.shape[:-1], channels), jnp.float32)
   for c in range(channels):
     mean = jnp.sum(_channel_means(means, coeffs, x)[..., c, :] * component, -1)
-    scale = jnp.exp(jnp.sum(log_scales[..., c, :] * component, -1))
-    value = mean + scale * jax.random.logistic(channel_keys[c], mean.shape)
-    level = jnp.clip(jnp.round((value + 1.0) * (num_levels - 1) / 2.0), 0, num_levels - 1)
+    log_scale = jnp.sum(log_scales[..., c, :] * component, -1)
+    level = sample_discretized_logistic(channel_keys[c], mean, log_scale, num_levels)
     levels.append(level.astype(jnp.int32))
     x = x.at[..., c].set(level * (2.0 / (num_levels - 1)) - 1.0)
   return jnp.stack(levels, axis=-1)

@@ -152,11 +152,9 @@ class VAETask(generative.DiscretePixelsTask):
     if self.num_levels == 2:
       return 255.0 * jax.random.bernoulli(rng, jax.nn.sigmoid(params[..., 0])).astype(
           jnp.float32)
-    # The discretized logistic's level: a logistic draw on [-1, 1], rounded to the nearest
-    # level, the end levels taking the tails (as discretized_logistic_log_prob's bins).
-    x = params[..., 0] + jnp.exp(params[..., 1]) * jax.random.logistic(rng, params[..., 0].shape)
-    top = self.num_levels - 1
-    return jnp.clip(jnp.round((x + 1.0) * (top / 2.0)), 0, top) * (255.0 / top)
+    levels = generative.sample_discretized_logistic(rng, params[..., 0], params[..., 1],
+                                                    self.num_levels)
+    return levels * (255.0 / (self.num_levels - 1))
 
   def log_weights(self, variables, levels: jax.Array, noise: jax.Array) -> jax.Array:
     """``log p(x, z) - log q(z | x)`` ``[K, B]`` for ``z = mean + std * noise`` (noise

@@ -99,11 +99,12 @@ def test_configs_read_the_file_through_the_arrays_source(subset):
     assert len(source.records("train")) == 4000 and len(source.records("test")) == 1000
   assert pixelcnn_mnist.get_config(f"npz={output},plain").model.architecture == "pixelcnn"
   assert pixelcnn_mnist.get_config("quick").data.name == "tfds:mnist"
-  for bad in ("npz=", "quick,fast", f"npz={output},npz={output}"):
+  for bad in ("npz=", "quick,fast", f"npz={output},npz={output}", "quick,quick"):
     with pytest.raises(ValueError, match="pixelcnn_mnist"):
       pixelcnn_mnist.get_config(bad)
-  with pytest.raises(ValueError, match="vae_mnist"):
-    vae_mnist.get_config("plain")
+  for bad in ("plain", "quick,quick"):
+    with pytest.raises(ValueError, match="vae_mnist"):
+      vae_mnist.get_config(bad)
 
 
 def test_gated_pixelcnn_trains_on_the_file_and_scores_its_test_split(subset, tmp_path):
