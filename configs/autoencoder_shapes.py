@@ -35,7 +35,8 @@ def get_config(arg=None):
   # C5 of the stride-2 stem is 2 x 2 at 32 px: the code is 2 x 2 x 32.
   config.model = ml_collections.ConfigDict(dict(
       backbone="resnet_small",
-      backbone_kwargs=ml_collections.ConfigDict(dict(stem="stride2", width=32)),
+      # The backbone of configs/classify_localize_shapes.py, so that init_from transfers it.
+      backbone_kwargs=ml_collections.ConfigDict(dict(stem="stride2", width=16)),
       bottleneck=32, decoder_channels=128, min_channels=16))
 
   config.optimizer = default_optimizer_config(name="adamw", learning_rate=2e-3,

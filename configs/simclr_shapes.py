@@ -39,7 +39,8 @@ def get_config(arg=None):
 
   config.model = ml_collections.ConfigDict(dict(
       backbone="resnet_small",
-      backbone_kwargs=ml_collections.ConfigDict(dict(stem="stride2", width=32)),
+      # The backbone of configs/classify_localize_shapes.py, so that init_from transfers it.
+      backbone_kwargs=ml_collections.ConfigDict(dict(stem="stride2", width=16)),
       hidden=256, projection_dim=64, temperature=0.2))
 
   # SimCLR's view recipe; crops keep at least a fifth of the image, because a shape covers
