@@ -44,8 +44,8 @@ def _pretext_run(name: str, directory, **backbone_kwargs):
 
 def _fine_tune_frozen(config, pretext, source: str, workdir: str):
   """Fine-tunes ``config`` (with the pretext's backbone settings) from ``source`` with a
-  frozen backbone; returns the source's backbone params, the target's params and the
-  target's fresh (not transferred) backbone params."""
+  frozen backbone; returns the source's params, the target's params and the target's fresh
+  (not transferred) backbone params."""
   config.model.backbone = pretext.model.backbone
   config.model.backbone_kwargs = dict(pretext.model.backbone_kwargs)
   config.optimizer.freeze_regex = "^backbone/"
@@ -54,17 +54,18 @@ def _fine_tune_frozen(config, pretext, source: str, workdir: str):
   _, _, variables = checkpoint.restore_for_inference(workdir)
   task = get_task(config)
   fresh = trainer.init_state(task, config, task.train_batch(0))
-  return (source_variables["params"]["backbone"], variables["params"],
+  return (source_variables["params"], variables["params"],
           jax.device_get(fresh["params"]["backbone"]))
 
 
-def _assert_transferred(source_backbone, params, fresh_backbone, source_heads) -> None:
+def _assert_transferred(source_params, params, fresh_backbone) -> None:
+  source_backbone = source_params["backbone"]
   jax.tree.map(np.testing.assert_array_equal, source_backbone, params["backbone"])
   # Not trivially equal: a fresh initialization of the target differs from the source.
   assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(fresh_backbone),
                                                     jax.tree.leaves(source_backbone)))
   # The source's heads are not carried over (the target has its own).
-  assert not set(params) & (set(source_heads) - {"backbone"})
+  assert not set(params) & (set(source_params) - {"backbone"})
 
 
 @pytest.fixture(scope="module", params=sorted(PRETEXT_CONFIGS))
@@ -74,10 +75,8 @@ def pretext_run(request, tmp_path_factory):
 
 def test_pretext_backbone_transfers_into_classify_localize(pretext_run, tmp_path):
   pretext, source = pretext_run
-  source_backbone, params, fresh = _fine_tune_frozen(classify_config.get_config("quick"),
-                                                     pretext, source, str(tmp_path))
-  _, _, source_variables = checkpoint.restore_for_inference(source)
-  _assert_transferred(source_backbone, params, fresh, source_variables["params"])
+  _assert_transferred(*_fine_tune_frozen(classify_config.get_config("quick"), pretext, source,
+                                         str(tmp_path)))
 
 
 def test_simclr_backbone_transfers_into_the_detector(tmp_path):
@@ -90,12 +89,11 @@ def test_simclr_backbone_transfers_into_the_detector(tmp_path):
   config.model.backbone_kwargs = dict(pretext.model.backbone_kwargs)
   config.init_from = source
   task = get_task(config)
-  fresh = jax.device_get(trainer.init_state(task, config, task.train_batch(0)))
-  loaded = jax.device_get(trainer.transfer_backbone(task, trainer.init_state(
-      task, config, task.train_batch(0)), config))
+  state = trainer.init_state(task, config, task.train_batch(0))
+  fresh = jax.device_get(state)
+  loaded = jax.device_get(trainer.transfer_backbone(task, state, config))
   _, _, source_variables = checkpoint.restore_for_inference(source)
-  _assert_transferred(source_variables["params"]["backbone"], loaded["params"],
-                      fresh["params"]["backbone"], source_variables["params"])
+  _assert_transferred(source_variables["params"], loaded["params"], fresh["params"]["backbone"])
   jax.tree.map(np.testing.assert_array_equal, source_variables["batch_stats"]["backbone"],
                loaded["batch_stats"]["backbone"])
   # Everything but the backbone is the detector's own fresh initialization.
